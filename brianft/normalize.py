@@ -1,0 +1,440 @@
+"""Deterministic canonicalisation of intent fields (shared/INTENT_SCHEMA.md, "canonical form").
+
+The model copies values as written in the request ("2.5k", "Arbitrum One", "ten"); this
+module turns them into canonical values and reports what it could not. It never guesses:
+an amount that is not a number, or an address that is not an address, is an error, not a
+repair. Registries (tokens, chains, protocols) are YAML files that users can extend.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from Crypto.Hash import keccak
+from pydantic import ValidationError
+from rapidfuzz.distance import DamerauLevenshtein
+
+from brianft.schema import ALLOWED_FIELDS, FIELDS, Action, Intent
+
+
+class NormalizationError(ValueError):
+    """A raw value that cannot be turned into a canonical one; the message says why."""
+
+
+class RegistryError(ValueError):
+    """A registry file that is missing, unreadable or of the wrong shape."""
+
+
+# --------------------------------------------------------------------------- amounts
+
+_MAX_PHRASES = frozenset(
+    {
+        "all", "max", "maximum", "everything", "unlimited", "infinite", "infinity", "all of it",
+        "all of them", "all of my", "all my", "everything i have", "all i have", "the lot",
+        "whole thing", "the whole thing", "all available", "full", "entire",
+    }
+)  # fmt: skip
+_MAX_PATTERN = re.compile(
+    r"^(?:my |the )?(?:entire|whole|full|total|complete) "
+    r"(?:balance|loan|debt|amount|position|stack|bag|stake|deposit|holdings?)$"
+)
+_SHARE_WORDS = {
+    "half": "50",
+    "a half": "50",
+    "one half": "50",
+    "half of it": "50",
+    "half of my": "50",
+    "quarter": "25",
+    "a quarter": "25",
+    "one quarter": "25",
+    "a fourth": "25",
+    "three quarters": "75",
+    "tenth": "10",
+    "a tenth": "10",
+    "one tenth": "10",
+}
+_UNIT_WORDS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen".split()
+    )
+}
+_TENS_WORDS = {
+    w: 10 * (i + 2)
+    for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())
+}
+_SCALE_WORDS = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
+_SUFFIXES = {
+    "k": 10**3, "thousand": 10**3, "grand": 10**3, "m": 10**6, "mm": 10**6, "mil": 10**6,
+    "million": 10**6, "b": 10**9, "bn": 10**9, "billion": 10**9,
+}  # fmt: skip
+_NUMBER = r"(?:\d[\d,.]*|\.\d+)"
+_SUFFIXED = re.compile(rf"^({_NUMBER})\s*({'|'.join(sorted(_SUFFIXES, key=len, reverse=True))})$")
+_PERCENT = re.compile(rf"^({_NUMBER})\s*(?:%|percent|per cent|pct)$")
+_THOUSANDS_COMMA = re.compile(r"^[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS_DOT = re.compile(r"^[1-9]\d{0,2}(?:\.\d{3})+,\d+$|^[1-9]\d{0,2}(?:\.\d{3}){2,}$")
+_DECIMAL_COMMA = re.compile(r"^\d*,\d+$")
+_PLAIN = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
+
+
+def _decimal_text(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return text
+
+
+def _parse_number(text: str) -> Decimal:
+    """A number written with digits, in any of the separator conventions the schema lists."""
+    if _THOUSANDS_COMMA.match(text) and not text.startswith("0,"):
+        text = text.replace(",", "")
+    elif _THOUSANDS_DOT.match(text):
+        text = text.replace(".", "").replace(",", ".")
+    elif _DECIMAL_COMMA.match(text):
+        text = text.replace(",", ".")
+    if not _PLAIN.match(text):
+        raise NormalizationError(f"not a plain number: {text!r}")
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern above already guards this
+        raise NormalizationError(f"not a number: {text!r}") from exc
+
+
+def _parse_number_words(words: list[str]) -> Decimal | None:
+    """'one hundred and fifty' -> 150; None when the words are not a number."""
+    total, current, seen = 0, 0, False
+    for position, word in enumerate(words):
+        if word == "and" and seen:
+            continue
+        if word == "a" and position == 0:
+            current, seen = 1, True
+        elif word in _UNIT_WORDS:
+            current += _UNIT_WORDS[word]
+            seen = True
+        elif word in _TENS_WORDS:
+            current += _TENS_WORDS[word]
+            seen = True
+        elif word == "hundred":
+            current = (current or 1) * 100
+            seen = True
+        elif word == "dozen":
+            current = (current or 1) * 12
+            seen = True
+        elif word in _SCALE_WORDS:
+            total += (current or 1) * _SCALE_WORDS[word]
+            current, seen = 0, True
+        else:
+            return None
+    return Decimal(total + current) if seen else None
+
+
+def canonical_amount(raw: str) -> str:
+    """'1,500' -> '1500', '2.5k' -> '2500', 'ten' -> '10', 'half' -> '50%', 'all' -> 'max'."""
+    text = re.sub(r"\s+", " ", str(raw).strip().lower().replace("-", " ")).rstrip(".")
+    if not text:
+        raise NormalizationError("empty amount")
+    if text in _MAX_PHRASES or _MAX_PATTERN.match(text):
+        return "max"
+    if text in _SHARE_WORDS:
+        return _SHARE_WORDS[text] + "%"
+    if match := _PERCENT.match(text):
+        share = _parse_number(match.group(1))
+        if not 0 < share <= 100:
+            raise NormalizationError(f"a share must be between 0 and 100%: {raw!r}")
+        return _decimal_text(share) + "%"
+    if match := _SUFFIXED.match(text):
+        value = _parse_number(match.group(1)) * _SUFFIXES[match.group(2)]
+    elif (words := _parse_number_words(text.split())) is not None:
+        value = words
+    elif (
+        len(parts := text.split()) >= 2
+        and parts[-1] in _SCALE_WORDS
+        and (scaled := _parse_number_words(parts[:-1])) is not None
+    ):
+        value = scaled * _SCALE_WORDS[parts[-1]]
+    else:
+        value = _parse_number(text)
+    if value <= 0:
+        raise NormalizationError(f"an amount must be positive: {raw!r}")
+    return _decimal_text(value)
+
+
+# --------------------------------------------------------------------------- addresses
+
+_HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_NAME_LABEL = r"[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?"
+_NAME_ADDRESS = re.compile(rf"^(?:{_NAME_LABEL}\.)+[a-z]{{2,}}$")
+_BASE58_ADDRESS = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
+
+
+def eip55_checksum(address: str) -> str:
+    """The EIP-55 mixed-case form of a 0x address."""
+    lower = address[2:].lower()
+    digest = keccak.new(digest_bits=256, data=lower.encode("ascii")).hexdigest()
+    return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(lower, digest[:40], strict=True))
+
+
+def checksum_warning(address: str) -> str | None:
+    """A warning for a mixed-case 0x address whose EIP-55 checksum is wrong (never fixed silently)."""
+    if not _HEX_ADDRESS.match(address):
+        return None
+    body = address[2:]
+    if body == body.lower() or body == body.upper():
+        return None  # no checksum was written
+    if eip55_checksum(address) != address:
+        return f"address {address} has an invalid EIP-55 checksum: check it before sending anything"
+    return None
+
+
+def canonical_address(raw: str) -> str:
+    """0x addresses are kept exactly as written; ENS-style names are lower-cased."""
+    text = str(raw).strip()
+    if _HEX_ADDRESS.match(text):
+        return text
+    if text.lower().startswith("0x"):
+        raise NormalizationError(f"invalid 0x address (expected 0x and 40 hex digits): {text!r}")
+    if _NAME_ADDRESS.match(text.lower()):
+        return text.lower()
+    if _BASE58_ADDRESS.match(text):
+        return text
+    raise NormalizationError(f"not an address or ENS-style name: {text!r}")
+
+
+def same_address(a: str, b: str) -> bool:
+    return a.lower() == b.lower()
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _read_yaml_mapping(path: Path | Any) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RegistryError(f"cannot read registry file {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RegistryError(f"registry file {path} must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _clean_name(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Known tokens, chains and protocols: canonical value by every lower-cased name."""
+
+    tokens: dict[str, str] = field(default_factory=dict)
+    chains: dict[str, str] = field(default_factory=dict)
+    protocols: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, extra_dirs: Iterable[Path] = ()) -> Registry:
+        """The packaged registries, extended by same-named files in `extra_dirs` (later wins)."""
+        packaged = resources.files("brianft") / "resources" / "registry"
+        sources = [packaged, *[Path(d) for d in extra_dirs]]
+        tokens: dict[str, str] = {}
+        chains: dict[str, str] = {}
+        protocols: dict[str, str] = {}
+        for source in sources:
+            if isinstance(source, Path) and not source.is_dir():
+                raise RegistryError(f"registry directory not found: {source}")
+            if (path := source / "tokens.yaml").is_file():
+                for name, ticker in _read_yaml_mapping(path).items():
+                    if not isinstance(ticker, str) or not ticker.strip():
+                        raise RegistryError(f"{path}: token {name!r} must map to a ticker string")
+                    tokens[_clean_name(str(name))] = ticker.strip().upper()
+            for filename, target in (("chains.yaml", chains), ("protocols.yaml", protocols)):
+                if not (path := source / filename).is_file():
+                    continue
+                for slug, synonyms in _read_yaml_mapping(path).items():
+                    if synonyms is None:
+                        synonyms = []
+                    if not isinstance(synonyms, list) or not all(isinstance(s, str) for s in synonyms):
+                        raise RegistryError(f"{path}: {slug!r} must map to a list of names")
+                    canonical = _clean_name(str(slug))
+                    for name in [canonical, *synonyms]:
+                        target[_clean_name(name)] = canonical
+        return cls(tokens=tokens, chains=chains, protocols=protocols)
+
+    @property
+    def chain_slugs(self) -> frozenset[str]:
+        return frozenset(self.chains.values())
+
+
+# --------------------------------------------------------------------------- tokens, chains, protocols
+
+_TICKER = re.compile(r"^[A-Z0-9][A-Z0-9.+_-]{0,19}$")
+_NOT_TOKENS = frozenset(
+    {"it", "them", "that", "this", "those", "these", "token", "tokens", "coin", "coins", "crypto",
+     "money", "funds", "all", "my", "some", "none", "null", "na", "n/a"}
+)  # fmt: skip
+_CHAIN_TEXT = re.compile(r"^[a-z0-9][a-z0-9 ._-]*$")
+_CHAIN_NOISE_WORDS = ("the", "chain", "network", "mainnet", "blockchain")
+_PROTOCOL_VERSION = re.compile(r"\s*(?:v\s?\d+(?:\.\d+)?|version \d+|iii|ii|iv)$")
+
+
+@dataclass(frozen=True)
+class Canonicalizer:
+    """Field-by-field canonicalisation against one registry."""
+
+    registry: Registry
+
+    @classmethod
+    def default(cls) -> Canonicalizer:
+        return cls(Registry.load())
+
+    def token(self, raw: str) -> str:
+        text = _clean_name(str(raw)).lstrip("$").strip()
+        if not text:
+            raise NormalizationError("empty token")
+        if text in self.registry.tokens:
+            return self.registry.tokens[text]
+        if _HEX_ADDRESS.match(str(raw).strip()):
+            return str(raw).strip()  # a token given by its contract address
+        if text in _NOT_TOKENS:
+            raise NormalizationError(f"{raw!r} is not a token")
+        ticker = text.upper()
+        if not _TICKER.match(ticker):
+            raise NormalizationError(f"not a token ticker: {raw!r}")
+        return ticker
+
+    def chain(self, raw: str) -> str:
+        """Known names map to their slug, obvious misspellings too; unknown chains stay lower-cased."""
+        text = _clean_name(str(raw)).strip(" .,!?")
+        if not text or not _CHAIN_TEXT.match(text):
+            raise NormalizationError(f"not a chain name: {raw!r}")
+        if text in self.registry.chains:
+            return self.registry.chains[text]
+        words = [w for w in text.split() if w not in _CHAIN_NOISE_WORDS]
+        stripped = " ".join(words)
+        if stripped in self.registry.chains:
+            return self.registry.chains[stripped]
+        if misspelt := self._closest_chain(stripped or text):
+            return misspelt
+        return text
+
+    def _closest_chain(self, text: str) -> str | None:
+        if len(text) < 4:
+            return None
+        limit = 1 if len(text) <= 6 else 2
+        scored = [
+            (DamerauLevenshtein.distance(text, name), slug)
+            for name, slug in self.registry.chains.items()
+            if len(name) >= 4
+        ]
+        best = min((d for d, _ in scored), default=limit + 1)
+        slugs = {slug for d, slug in scored if d == best}
+        return slugs.pop() if best <= limit and len(slugs) == 1 else None
+
+    def is_known_chain(self, slug: str) -> bool:
+        return slug in self.registry.chain_slugs
+
+    def protocol(self, raw: str) -> str:
+        text = re.sub(r"[._\-]+", " ", _clean_name(str(raw)))
+        text = _PROTOCOL_VERSION.sub("", text).strip()
+        if not text:
+            raise NormalizationError(f"not a protocol name: {raw!r}")
+        squashed = text.replace(" ", "")
+        for candidate in (text, squashed):
+            if candidate in self.registry.protocols:
+                return self.registry.protocols[candidate]
+        for name, slug in self.registry.protocols.items():
+            if name.replace(" ", "") == squashed:
+                return slug
+        if not re.fullmatch(r"[a-z0-9]+", squashed):
+            raise NormalizationError(f"not a protocol name: {raw!r}")
+        return squashed
+
+    def value(self, field_name: str, raw: str) -> str:
+        """The canonical form of one field's raw value; raises NormalizationError."""
+        if field_name in ("token1", "token2"):
+            return self.token(raw)
+        if field_name in ("amount", "amount_out"):
+            return canonical_amount(raw)
+        if field_name in ("chain", "dest_chain"):
+            return self.chain(raw)
+        if field_name == "address":
+            return canonical_address(raw)
+        if field_name == "protocol":
+            return self.protocol(raw)
+        raise NormalizationError(f"unknown field {field_name!r}")
+
+    def intent(self, raw: Mapping[str, Any], *, strict: bool = False) -> CanonicalIntent:
+        """Canonicalise one raw intent. Bad fields are dropped and reported, never repaired.
+
+        `strict` (data validation) also rejects non-string values, which the lenient mode
+        (user data conversion, model output) turns into strings.
+        """
+        problems: list[Problem] = []
+        if not isinstance(raw, Mapping):
+            return CanonicalIntent(None, [Problem("error", None, "an intent must be an object")])
+        action_raw = raw.get("action")
+        action_text = _clean_name(str(action_raw)).replace(" ", "_") if action_raw is not None else ""
+        try:
+            action = Action(action_text)
+        except ValueError:
+            message = "missing action" if not action_text else f"unknown action {action_raw!r}"
+            return CanonicalIntent(None, [Problem("error", "action", message)])
+        values: dict[str, str] = {}
+        for name, value in raw.items():
+            if name == "action" or value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            if name not in FIELDS:
+                problems.append(Problem("error", name, f"unknown field {name!r}"))
+                continue
+            if name not in ALLOWED_FIELDS[action]:
+                problems.append(Problem("error", name, f"field {name!r} is not allowed for {action}"))
+                continue
+            if not isinstance(value, str):
+                if strict or isinstance(value, bool) or not isinstance(value, int | float):
+                    problems.append(Problem("error", name, f"{name} must be a string, got {value!r}"))
+                    continue
+                value = str(value)
+            try:
+                values[name] = self.value(name, value)
+            except NormalizationError as exc:
+                problems.append(Problem("error", name, str(exc)))
+                continue
+            if name in ("chain", "dest_chain") and not self.is_known_chain(values[name]):
+                problems.append(Problem("warning", name, f"unknown chain {values[name]!r}"))
+            if name == "address" and (warning := checksum_warning(values[name])):
+                problems.append(Problem("warning", name, warning))
+        try:
+            intent = Intent(action=action, **values)
+        except ValidationError as exc:  # pragma: no cover - values are already checked above
+            return CanonicalIntent(None, [*problems, Problem("error", None, str(exc))])
+        return CanonicalIntent(intent, problems)
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: Literal["error", "warning"]
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message if self.field is None else f"{self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class CanonicalIntent:
+    intent: Intent | None
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]

@@ -1,0 +1,163 @@
+"""The text the model is trained to emit, and a tolerant parser for what it actually emits.
+
+Format: one intent per line, the action then `field=value` pairs separated by `;`; a request
+with no wallet action is the single word `none`:
+
+    swap; token1=eth; token2=usdc; amount=2.5k; chain=Arbitrum One
+    bridge; token1=usdc; dest_chain=base
+
+Values are copied as written in the request; `brianft.normalize` makes them canonical.
+The parser also accepts plain JSON (a list of intents, `{"intents": [...]}` or Brian's
+`{"completion": [...]}`), and never raises: it returns intents or a typed error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from brianft.schema import FIELDS, Example
+
+NO_INTENT = "none"
+FIELD_SEPARATOR = "; "
+_SPECIAL_TOKENS = re.compile(r"<\|[a-z_]+\|>|</s>|<s>|<eos>|<pad>|<\|endoftext\|>", re.IGNORECASE)
+_FENCE = re.compile(r"^```[a-z]*\s*|\s*```$", re.IGNORECASE)
+_LEADING_LABEL = re.compile(r"^(?:output|answer|intents?|assistant|result)\s*:\s*", re.IGNORECASE)
+_ACTION_LINE = re.compile(r"^([a-z_]+)\s*(?:;(.*))?$")
+
+
+class ParseErrorKind(StrEnum):
+    EMPTY = "empty"
+    MALFORMED_JSON = "malformed_json"
+    BAD_SHAPE = "bad_shape"
+    MALFORMED_LINE = "malformed_line"
+
+
+@dataclass(frozen=True)
+class ParseError:
+    kind: ParseErrorKind
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    """Raw (not yet canonical) intents, or the reason the text could not be read."""
+
+    intents: list[dict[str, Any]] = field(default_factory=list)
+    error: ParseError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def render_target(intents: Sequence[Mapping[str, str]]) -> str:
+    """Serialise intents (action + field values) in the training format."""
+    if not intents:
+        return NO_INTENT
+    lines = []
+    for intent in intents:
+        parts = [str(intent["action"])]
+        for name in FIELDS:
+            value = intent.get(name)
+            if value is None:
+                continue
+            if any(c in value for c in ";\n="):
+                raise ValueError(f"value {value!r} of {name} cannot be written in the target format")
+            parts.append(f"{name}={value}")
+        lines.append(FIELD_SEPARATOR.join(parts))
+    return "\n".join(lines)
+
+
+def example_target(example: Example, *, copy_raw: bool = True) -> str:
+    """The training target of an example: values as written in the prompt where known."""
+    rendered = []
+    for index, intent in enumerate(example.intents):
+        values = intent.to_dict()
+        if copy_raw and example.raw is not None:
+            values.update(example.raw[index])
+        rendered.append(values)
+    return render_target(rendered)
+
+
+def _clean(text: str) -> str:
+    text = _SPECIAL_TOKENS.sub("", text).strip()
+    text = _FENCE.sub("", text).strip()
+    return _LEADING_LABEL.sub("", text).strip()
+
+
+def parse_output(text: Any) -> ParsedOutput:
+    """Read model output in the line format or JSON. Never raises."""
+    if not isinstance(text, str):
+        return ParsedOutput(error=ParseError(ParseErrorKind.BAD_SHAPE, "output is not text"))
+    cleaned = _clean(text)
+    if not cleaned:
+        return ParsedOutput(error=ParseError(ParseErrorKind.EMPTY, "the model produced no output"))
+    if cleaned[0] in "[{":
+        return _parse_json(cleaned)
+    return _parse_lines(cleaned)
+
+
+def _parse_json(text: str) -> ParsedOutput:
+    try:
+        value, _end = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError) as exc:
+        message = f"not valid JSON (truncated?): {str(exc)[:120]}"
+        return ParsedOutput(error=ParseError(ParseErrorKind.MALFORMED_JSON, message))
+    intents = _intents_from_json(value)
+    if intents is None:
+        message = "JSON is not a list of intents, {'intents': [...]} or {'completion': [...]}"
+        return ParsedOutput(error=ParseError(ParseErrorKind.BAD_SHAPE, message))
+    return ParsedOutput(intents=intents)
+
+
+def _intents_from_json(value: Any) -> list[dict[str, Any]] | None:
+    if isinstance(value, dict):
+        if "action" in value:
+            value = [value]
+        elif isinstance(value.get("result"), dict):
+            return _intents_from_json(value["result"])
+        else:
+            for key in ("intents", "completion"):
+                if key in value:
+                    return _intents_from_json(value[key])
+            return None
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        return None
+    return [dict(item) for item in value]
+
+
+def _parse_lines(text: str) -> ParsedOutput:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) == 1 and lines[0].lower().rstrip(".") == NO_INTENT:
+        return ParsedOutput(intents=[])
+    intents = []
+    for number, line in enumerate(lines, start=1):
+        match = _ACTION_LINE.match(line)
+        if not match:
+            return _line_error(number, line, "expected 'action; field=value; ...'")
+        intent: dict[str, Any] = {"action": match.group(1)}
+        for pair in (match.group(2) or "").split(";"):
+            if not pair.strip():
+                continue
+            name, sep, value = pair.partition("=")
+            name, value = name.strip(), value.strip()
+            if not sep or not name or not value:
+                return _line_error(number, line, f"'{pair.strip()}' is not field=value")
+            if name in intent:
+                return _line_error(number, line, f"field {name!r} appears twice")
+            intent[name] = value
+        intents.append(intent)
+    return ParsedOutput(intents=intents)
+
+
+def _line_error(number: int, line: str, reason: str) -> ParsedOutput:
+    message = f"line {number} {line[:80]!r}: {reason}"
+    return ParsedOutput(error=ParseError(ParseErrorKind.MALFORMED_LINE, message))

@@ -1,6 +1,195 @@
-import typer
+"""The `brianft` command: parses arguments and calls the stage modules, nothing more."""
 
-app = typer.Typer()
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from brianft.config import Config, ConfigError, load_config
+
+app = typer.Typer(help="Fine-tune language models with LoRA to extract wallet intents.", no_args_is_help=True)
+data_app = typer.Typer(help="Build, check and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+error_console = Console(stderr=True)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: key=value.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn expected failures (bad files, bad config) into a clear message and exit code 2."""
+    from brianft.data.io import DataFileError
+    from brianft.normalize import RegistryError
+
+    try:
+        yield
+    except (ConfigError, DataFileError, RegistryError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        error_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _config(config: Path | None, overrides: list[str] | None) -> Config:
+    with user_errors():
+        return load_config(config, overrides)
+
+
+def _canonicalizer(cfg: Config):
+    from brianft.normalize import Canonicalizer, Registry
+
+    with user_errors():
+        return Canonicalizer(Registry.load(cfg.data.registry_dirs))
+
+
+def _print_issues(issues: list, path: Path) -> None:
+    for issue in issues:
+        colour = "red" if issue.severity == "error" else "yellow"
+        line = f"{escape(str(path))}:{issue.line}: [{colour}]{issue.severity}[/{colour}] {escape(issue.message)}"
+        error_console.print(line, highlight=False, soft_wrap=True)
+
+
+def _bad_lines(issues: list) -> int:
+    return len({issue.line for issue in issues if issue.severity == "error"})
+
+
+@app.command()
+def run(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """The main job: build the dataset splits and print their statistics."""
+    from brianft.data.dataset import build_splits
+    from brianft.data.stats import dataset_stats, render_stats
+
+    cfg = _config(config, set_)
+    with user_errors(), console.status("Building dataset splits..."):
+        splits = build_splits(cfg.data, _canonicalizer(cfg))
+    render_stats(dataset_stats(splits.items()), console)
+    if splits.dropped_duplicates:
+        console.print(f"[yellow]{len(splits.dropped_duplicates)} duplicate prompts were left out[/yellow]")
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL file.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of examples.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same file).")] = 0,
+    held_out: Annotated[
+        bool, typer.Option("--held-out/--training-families", help="Use only held-out (test) families.")
+    ] = False,
+    overwrite: OverwriteOption = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Generate synthetic labelled requests, deduplicated against the curated set."""
+    from brianft.data.dataset import load_curated
+    from brianft.data.generate import FAMILIES, HELD_OUT_FAMILIES, generate_examples
+    from brianft.data.io import write_examples
+
+    cfg = _config(config, set_)
+    canonicalizer = _canonicalizer(cfg)
+    families = [f for f in FAMILIES if (f in HELD_OUT_FAMILIES) == held_out]
+    with user_errors():
+        curated = [e.prompt for e in load_curated(canonicalizer)]
+        examples = generate_examples(n, seed, exclude_prompts=curated, families=families, canonicalizer=canonicalizer)
+        count = write_examples(out, examples, overwrite=overwrite)
+    console.print(f"wrote {count} examples from {len(families)} template families to {out}")
+
+
+@data_app.command("canonicalize")
+def data_canonicalize(
+    source: Annotated[Path, typer.Argument(help="Input: JSONL, CSV or Brian format, raw values allowed.")],
+    destination: Annotated[Path, typer.Argument(help="Output JSONL with canonical values.")],
+    overwrite: OverwriteOption = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Rewrite a data file's labels in canonical form; bad lines are reported with their numbers."""
+    from brianft.data.io import canonicalize_file
+
+    cfg = _config(config, set_)
+    with user_errors():
+        count, issues = canonicalize_file(
+            source, destination, _canonicalizer(cfg), overwrite=overwrite, max_prompt_chars=cfg.data.max_prompt_chars
+        )
+    _print_issues(issues, source)
+    errors = _bad_lines(issues)
+    console.print(f"wrote {count} canonical examples to {destination}; {errors} bad line(s) left out", soft_wrap=True)
+    if errors:
+        raise typer.Exit(1)
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Annotated[Path, typer.Argument(help="Data file to check (JSONL, CSV or Brian format).")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Check that every line is well-formed and canonical; exit 1 if any line is bad."""
+    from brianft.data.io import validate_file
+
+    cfg = _config(config, set_)
+    with user_errors():
+        count, issues = validate_file(path, _canonicalizer(cfg), max_prompt_chars=cfg.data.max_prompt_chars)
+    _print_issues(issues, path)
+    errors = _bad_lines(issues)
+    if errors:
+        error_console.print(f"[red]{errors} bad line(s)[/red]; {count} good example(s)")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: {count} examples, all canonical")
+
+
+@data_app.command("stats")
+def data_stats(
+    files: Annotated[list[Path] | None, typer.Argument(help="Data files; default: the configured splits.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Counts per action, field and split, and prompt length percentiles."""
+    from brianft.data.dataset import build_splits
+    from brianft.data.io import read_examples
+    from brianft.data.stats import dataset_stats, render_stats
+
+    cfg = _config(config, set_)
+    canonicalizer = _canonicalizer(cfg)
+    with user_errors():
+        if files:
+            named = [(str(p), read_examples(p, canonicalizer, max_prompt_chars=cfg.data.max_prompt_chars)) for p in files]
+        else:
+            named = build_splits(cfg.data, canonicalizer).items()
+        stats = dataset_stats(named)
+    if as_json:
+        sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+    else:
+        render_stats(stats, console)
+
+
+@data_app.command("split")
+def data_split(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for train/validation/test.jsonl.")],
+    overwrite: OverwriteOption = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Write the configured splits as JSONL files (with raw spans)."""
+    from brianft.data.dataset import build_splits
+    from brianft.data.io import write_examples
+
+    cfg = _config(config, set_)
+    with user_errors():
+        splits = build_splits(cfg.data, _canonicalizer(cfg))
+        for name, examples in splits.items():
+            count = write_examples(out / f"{name}.jsonl", examples, overwrite=overwrite)
+            console.print(f"{name}: {count} examples -> {out / f'{name}.jsonl'}")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -60,16 +60,13 @@ _SHARE_WORDS = {
     "a tenth": "10",
     "one tenth": "10",
 }
-_UNIT_WORDS = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-        "fifteen sixteen seventeen eighteen nineteen".split()
-    )
-}
+_UNIT_WORDS = {w: i for i, w in enumerate((
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+    "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+))}  # fmt: skip
 _TENS_WORDS = {
     w: 10 * (i + 2)
-    for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())
+    for i, w in enumerate(("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"))
 }
 _SCALE_WORDS = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
 _SUFFIXES = {
@@ -83,11 +80,12 @@ _THOUSANDS_COMMA = re.compile(r"^[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _THOUSANDS_DOT = re.compile(r"^[1-9]\d{0,2}(?:\.\d{3})+,\d+$|^[1-9]\d{0,2}(?:\.\d{3}){2,}$")
 _DECIMAL_COMMA = re.compile(r"^\d*,\d+$")
 _PLAIN = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
+# Amounts are exact: the default context would round anything past 28 digits (wei amounts have more).
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 def _decimal_text(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(_EXACT), "f")
 
 
 def _parse_number(text: str) -> Decimal:
@@ -107,31 +105,26 @@ def _parse_number(text: str) -> Decimal:
 
 
 def _parse_number_words(words: list[str]) -> Decimal | None:
-    """'one hundred and fifty' -> 150; None when the words are not a number."""
-    total, current, seen = 0, 0, False
+    """'one hundred and fifty' -> 150; None when the words are not a number ('five five', 'one two')."""
+    total, current, last, last_scale = 0, 0, "", 0  # last: the kind of the previous word
     for position, word in enumerate(words):
-        if word == "and" and seen:
+        if word == "and" and last in ("hundred", "scale"):
             continue
+        number = _UNIT_WORDS.get(word, _TENS_WORDS.get(word))  # 0-19, or 20-90
         if word == "a" and position == 0:
-            current, seen = 1, True
-        elif word in _UNIT_WORDS:
-            current += _UNIT_WORDS[word]
-            seen = True
-        elif word in _TENS_WORDS:
-            current += _TENS_WORDS[word]
-            seen = True
-        elif word == "hundred":
-            current = (current or 1) * 100
-            seen = True
-        elif word == "dozen":
-            current = (current or 1) * 12
-            seen = True
-        elif word in _SCALE_WORDS:
-            total += (current or 1) * _SCALE_WORDS[word]
-            current, seen = 0, True
+            current, last = 1, "a"
+        elif number is not None and number < 10 and last in ("", "tens", "hundred", "scale"):
+            current, last = current + number, "unit"  # "five", "twenty five", "hundred and five"
+        elif number is not None and last in ("", "hundred", "scale"):
+            current, last = current + number, "tens" if number >= 20 else "unit"
+        elif word in ("hundred", "dozen") and last != "hundred" and current < 100:
+            current, last = (current or 1) * (100 if word == "hundred" else 12), "hundred"
+        elif word in _SCALE_WORDS and last != "scale" and (not last_scale or _SCALE_WORDS[word] < last_scale):
+            last_scale = _SCALE_WORDS[word]
+            total, current, last = total + (current or 1) * last_scale, 0, "scale"
         else:
             return None
-    return Decimal(total + current) if seen else None
+    return Decimal(total + current) if last else None
 
 
 def canonical_amount(raw: str) -> str:
@@ -149,20 +142,27 @@ def canonical_amount(raw: str) -> str:
             raise NormalizationError(f"a share must be between 0 and 100%: {raw!r}")
         return _decimal_text(share) + "%"
     if match := _SUFFIXED.match(text):
-        value = _parse_number(match.group(1)) * _SUFFIXES[match.group(2)]
+        value = _EXACT.multiply(_parse_number(match.group(1)), _SUFFIXES[match.group(2)])
     elif (words := _parse_number_words(text.split())) is not None:
         value = words
-    elif (
-        len(parts := text.split()) >= 2
-        and parts[-1] in _SCALE_WORDS
-        and (scaled := _parse_number_words(parts[:-1])) is not None
-    ):
-        value = scaled * _SCALE_WORDS[parts[-1]]
+    elif (spoken := _parse_point_number(text)) is not None:
+        value = spoken
     else:
         value = _parse_number(text)
-    if value <= 0:
-        raise NormalizationError(f"an amount must be positive: {raw!r}")
+    # Zero is a real amount (an allowance of 0 revokes it); negatives never parse.
     return _decimal_text(value)
+
+
+def _parse_point_number(text: str) -> Decimal | None:
+    """'zero point five' -> 0.5, 'one point two five' -> 1.25; None otherwise."""
+    whole, sep, fraction = text.partition(" point ")
+    digits = [_UNIT_WORDS.get(word) for word in fraction.split()]
+    if not sep or not digits or any(d is None or d > 9 for d in digits):
+        return None
+    integer = _parse_number_words(whole.split())
+    if integer is None:
+        return None
+    return Decimal(f"{integer}.{''.join(str(d) for d in digits)}")
 
 
 # --------------------------------------------------------------------------- addresses
@@ -177,7 +177,9 @@ def eip55_checksum(address: str) -> str:
     """The EIP-55 mixed-case form of a 0x address."""
     lower = address[2:].lower()
     digest = keccak.new(digest_bits=256, data=lower.encode("ascii")).hexdigest()
-    return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(lower, digest[:40], strict=True))
+    return "0x" + "".join(
+        c.upper() if int(d, 16) >= 8 else c for c, d in zip(lower, digest[:40], strict=True)
+    )
 
 
 def checksum_warning(address: str) -> str | None:
@@ -197,10 +199,10 @@ def canonical_address(raw: str) -> str:
     text = str(raw).strip()
     if _HEX_ADDRESS.match(text):
         return text
+    if _NAME_ADDRESS.match(text.lower()):
+        return text.lower()  # an ENS-style name, even one that starts with 0x ("0xmaki.eth")
     if text.lower().startswith("0x"):
         raise NormalizationError(f"invalid 0x address (expected 0x and 40 hex digits): {text!r}")
-    if _NAME_ADDRESS.match(text.lower()):
-        return text.lower()
     if _BASE58_ADDRESS.match(text):
         return text
     raise NormalizationError(f"not an address or ENS-style name: {text!r}")
@@ -280,7 +282,16 @@ _NOT_TOKENS = frozenset(
 )  # fmt: skip
 _CHAIN_TEXT = re.compile(r"^[a-z0-9][a-z0-9 ._-]*$")
 _CHAIN_NOISE_WORDS = ("the", "chain", "network", "mainnet", "blockchain")
-_PROTOCOL_VERSION = re.compile(r"\s*(?:v\s?\d+(?:\.\d+)?|version \d+|iii|ii|iv)$")
+# A version suffix: "v3", "v 2", "version 3", or a Roman numeral as a separate word ("Compound III",
+# but not the end of "Hawaii").
+_PROTOCOL_VERSION = re.compile(r"(?:\s*v\s?\d+(?:\.\d+)?|\s+(?:version \d+|iii|ii|iv))$")
+
+
+def _strip_versions(text: str) -> str:
+    """'aave v3' -> 'aave'; repeated, so that a slug never ends in a version ('foo v2 v3' -> 'foo')."""
+    while (shorter := _PROTOCOL_VERSION.sub("", text).strip()) != text:
+        text = shorter
+    return text
 
 
 @dataclass(frozen=True)
@@ -340,11 +351,10 @@ class Canonicalizer:
         return slug in self.registry.chain_slugs
 
     def protocol(self, raw: str) -> str:
-        text = re.sub(r"[._\-]+", " ", _clean_name(str(raw)))
-        text = _PROTOCOL_VERSION.sub("", text).strip()
+        text = _strip_versions(re.sub(r"[._\-]+", " ", _clean_name(str(raw))))
         if not text:
             raise NormalizationError(f"not a protocol name: {raw!r}")
-        squashed = text.replace(" ", "")
+        squashed = _strip_versions(text.replace(" ", ""))  # "curve v2.5" -> "curvev25" -> "curve"
         for candidate in (text, squashed):
             if candidate in self.registry.protocols:
                 return self.registry.protocols[candidate]

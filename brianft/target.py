@@ -69,7 +69,8 @@ def render_target(intents: Sequence[Mapping[str, str]]) -> str:
             value = intent.get(name)
             if value is None:
                 continue
-            if any(c in value for c in ";\n="):
+            # the parser splits on ';' and on every line break that str.splitlines knows ('\r', '\u2028', ...)
+            if any(c in value for c in ";=") or "".join(value.splitlines()) != value:
                 raise ValueError(f"value {value!r} of {name} cannot be written in the target format")
             parts.append(f"{name}={value}")
         lines.append(FIELD_SEPARATOR.join(parts))

@@ -1,0 +1,95 @@
+"""One typed configuration: loaded from YAML, overridden by `--set key=value`, validated once.
+
+Every stage receives the part it needs as an argument; nothing reads configuration from
+globals or the environment behind the caller's back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message says which and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where examples come from and how they are split."""
+
+    curated: bool = True
+    files: list[Path] = Field(default_factory=list, description="user data files (JSONL, CSV, Brian format)")
+    synthetic_train: int = Field(2000, ge=0, description="synthetic examples from training template families")
+    synthetic_test: int = Field(200, ge=0, description="synthetic test examples from held-out families")
+    seed: int = 0
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, ge=0.0, lt=0.5, description="share of curated and user data kept for test")
+    max_prompt_chars: int = Field(1000, ge=16)
+    registry_dirs: list[Path] = Field(default_factory=list, description="extra registry YAML directories")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class Config(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.lr=3e-4' -> ('train.lr', 0.0003); values are read as YAML scalars/lists."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key=value")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The validated configuration from an optional YAML file plus `key=value` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections")
+        tree = loaded or {}
+    for override in overrides or []:
+        _set_dotted(tree, *parse_override(override))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{source}:\n" + "\n".join(lines)) from exc
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,99 @@
+"""Find the text in a request that a canonical label value was written as.
+
+The model is trained to copy values as written ("2.5k", "Arbitrum One", "ten") and leave
+canonicalisation to code, so every labelled example needs those raw spans. The generator
+records them by construction; for hand-labelled examples they are found here by trying
+every short word n-gram of the request against the canonicaliser.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from brianft.normalize import Canonicalizer, NormalizationError
+from brianft.schema import Example, Intent
+
+MAX_SPAN_WORDS = 5
+_WORD = re.compile(r"\S+")
+# Punctuation that ends a sentence or wraps a word, but is never part of a value.
+_FILLER_WORDS = frozenset({"of", "my", "the", "it", "your", "our", "on", "to", "from", "in"})
+_EDGE_PUNCTUATION = "\"'()[]{}!?,;:.…*"
+
+
+def _word_spans(prompt: str) -> list[tuple[int, int]]:
+    spans = []
+    for match in _WORD.finditer(prompt):
+        start, end = match.start(), match.end()
+        while start < end and prompt[start] in _EDGE_PUNCTUATION and prompt[start] != ".":
+            start += 1
+        while end > start and prompt[end - 1] in _EDGE_PUNCTUATION:
+            end -= 1
+        if prompt[start:end].lower().endswith(("'s", "’s")):  # possessive: "bob.eth's"
+            end -= 2
+        if start < end:
+            spans.append((start, end))
+    return spans
+
+
+def _candidates(prompt: str) -> list[tuple[int, int, str]]:
+    """(word count, start offset, text) of every n-gram of up to MAX_SPAN_WORDS words."""
+    words = _word_spans(prompt)
+    out = []
+    for i in range(len(words)):
+        for n in range(1, MAX_SPAN_WORDS + 1):
+            if i + n > len(words):
+                break
+            start, end = words[i][0], words[i + n - 1][1]
+            out.append((n, start, prompt[start:end]))
+    return out
+
+
+class SpanFinder:
+    """Finds raw spans with a memo of canonical values, since n-grams repeat across a dataset."""
+
+    def __init__(self, canonicalizer: Canonicalizer) -> None:
+        self._canonicalizer = canonicalizer
+        self._canonical = lru_cache(maxsize=200_000)(self._canonical_uncached)
+
+    def _canonical_uncached(self, field: str, text: str) -> str | None:
+        try:
+            return self._canonicalizer.value(field, text)
+        except NormalizationError:
+            return None
+
+    def find(self, prompt: str, field: str, value: str) -> str | None:
+        """The span of `prompt` that canonicalises to `value`, or None.
+
+        The longest span wins ("eth mainnet" over "eth", "one hundred and fifty" over
+        "hundred and fifty"), except spans that begin or end with a filler word ("half" over
+        "half of my"). Among equals, chains take the last occurrence (chains tend to follow
+        the token: "eth ... on mainnet"), others the first.
+        """
+        matches = [(n, start, text) for n, start, text in _candidates(prompt) if self._canonical(field, text) == value]
+        if not matches:
+            return None
+        last = field in ("chain", "dest_chain")
+
+        def preference(match: tuple[int, int, str]) -> tuple[bool, int, int]:
+            n, start, text = match
+            words = text.lower().split()
+            clean_edges = words[0] not in _FILLER_WORDS and words[-1] not in _FILLER_WORDS
+            return clean_edges, n, start if last else -start
+
+        best = max(matches, key=preference)
+        return best[2]
+
+    def raw_for_intent(self, prompt: str, intent: Intent) -> dict[str, str]:
+        raw = {}
+        for field, value in intent.fields().items():
+            if (span := self.find(prompt, field, value)) is not None:
+                raw[field] = span
+        return raw
+
+    def with_raw(self, example: Example) -> Example:
+        """The example with `raw` filled in for every value found in its prompt."""
+        if example.raw is not None:
+            return example
+        raw = [self.raw_for_intent(example.prompt, intent) for intent in example.intents]
+        return example.model_copy(update={"raw": raw})

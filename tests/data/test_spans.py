@@ -1,0 +1,52 @@
+import pytest
+
+from brianft.data.spans import SpanFinder
+from brianft.normalize import Canonicalizer
+from brianft.schema import Action, Example, Intent
+
+
+@pytest.fixture(scope="module")
+def finder() -> SpanFinder:
+    return SpanFinder(Canonicalizer.default())
+
+
+@pytest.mark.parametrize(
+    ("prompt", "field", "value", "span"),
+    [
+        ("swap 2.5k USDC for eth on Arbitrum One", "amount", "2500", "2.5k"),
+        ("swap 2.5k USDC for eth on Arbitrum One", "chain", "arbitrum", "Arbitrum One"),
+        ("swap 2.5k USDC for eth on Arbitrum One", "token1", "USDC", "USDC"),
+        ("send one hundred and fifty dai to Bob.eth!", "amount", "150", "one hundred and fifty"),
+        ("send one hundred and fifty dai to Bob.eth!", "address", "bob.eth", "Bob.eth"),
+        ("bridge eth from mainnet to base", "chain", "ethereum", "mainnet"),
+        ("bridge 1 eth from base to eth mainnet", "dest_chain", "ethereum", "eth mainnet"),
+        ("deposit everything into Aave V3", "protocol", "aave", "Aave V3"),
+        ("deposit everything into Aave V3", "amount", "max", "everything"),
+        ("unstake half of my steth.", "amount", "50%", "half"),
+        ("buy $PEPE with (0,5 eth)", "token1", "PEPE", "$PEPE"),
+        ("buy $PEPE with (0,5 eth)", "amount", "0.5", "0,5"),
+        ("send 1 eth", "address", "bob.eth", None),
+    ],
+)
+def test_find_span(finder, prompt, field, value, span):
+    assert finder.find(prompt, field, value) == span
+
+
+def test_with_raw_fills_every_found_field(finder):
+    example = Example(
+        prompt="swap 1 ETH for USDC on base and bridge it to arbitrum",
+        intents=[
+            Intent(action=Action.SWAP, token1="ETH", token2="USDC", amount="1", chain="base"),
+            Intent(action=Action.BRIDGE, token1="USDC", chain="base", dest_chain="arbitrum"),
+        ],
+    )
+    raw = finder.with_raw(example).raw
+    assert raw == [
+        {"token1": "ETH", "token2": "USDC", "amount": "1", "chain": "base"},
+        {"token1": "USDC", "chain": "base", "dest_chain": "arbitrum"},
+    ]
+
+
+def test_possessive_is_not_part_of_the_span(finder):
+    assert finder.find("check bob.eth's eth balance", "address", "bob.eth") == "bob.eth"
+    assert finder.find("what's usdc's total supply", "token1", "USDC") == "usdc"

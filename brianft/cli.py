@@ -55,7 +55,9 @@ def _canonicalizer(cfg: Config):
 def _print_issues(issues: list, path: Path) -> None:
     for issue in issues:
         colour = "red" if issue.severity == "error" else "yellow"
-        line = f"{escape(str(path))}:{issue.line}: [{colour}]{issue.severity}[/{colour}] {escape(issue.message)}"
+        line = (
+            f"{escape(str(path))}:{issue.line}: [{colour}]{issue.severity}[/{colour}] {escape(issue.message)}"
+        )
         error_console.print(line, highlight=False, soft_wrap=True)
 
 
@@ -99,7 +101,9 @@ def data_generate(
     families = [f for f in FAMILIES if (f in HELD_OUT_FAMILIES) == held_out]
     with user_errors():
         curated = [e.prompt for e in load_curated(canonicalizer)]
-        examples = generate_examples(n, seed, exclude_prompts=curated, families=families, canonicalizer=canonicalizer)
+        examples = generate_examples(
+            n, seed, exclude_prompts=curated, families=families, canonicalizer=canonicalizer
+        )
         count = write_examples(out, examples, overwrite=overwrite)
     console.print(f"wrote {count} examples from {len(families)} template families to {out}")
 
@@ -118,11 +122,17 @@ def data_canonicalize(
     cfg = _config(config, set_)
     with user_errors():
         count, issues = canonicalize_file(
-            source, destination, _canonicalizer(cfg), overwrite=overwrite, max_prompt_chars=cfg.data.max_prompt_chars
+            source,
+            destination,
+            _canonicalizer(cfg),
+            overwrite=overwrite,
+            max_prompt_chars=cfg.data.max_prompt_chars,
         )
     _print_issues(issues, source)
     errors = _bad_lines(issues)
-    console.print(f"wrote {count} canonical examples to {destination}; {errors} bad line(s) left out", soft_wrap=True)
+    console.print(
+        f"wrote {count} canonical examples to {destination}; {errors} bad line(s) left out", soft_wrap=True
+    )
     if errors:
         raise typer.Exit(1)
 
@@ -149,7 +159,9 @@ def data_validate(
 
 @data_app.command("stats")
 def data_stats(
-    files: Annotated[list[Path] | None, typer.Argument(help="Data files; default: the configured splits.")] = None,
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Data files; default: the configured splits.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -163,7 +175,10 @@ def data_stats(
     canonicalizer = _canonicalizer(cfg)
     with user_errors():
         if files:
-            named = [(str(p), read_examples(p, canonicalizer, max_prompt_chars=cfg.data.max_prompt_chars)) for p in files]
+            named = [
+                (str(p), read_examples(p, canonicalizer, max_prompt_chars=cfg.data.max_prompt_chars))
+                for p in files
+            ]
         else:
             named = build_splits(cfg.data, canonicalizer).items()
         stats = dataset_stats(named)

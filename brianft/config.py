@@ -7,7 +7,7 @@ globals or the environment behind the caller's back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,7 +30,9 @@ class DataConfig(_Strict):
     synthetic_test: int = Field(200, ge=0, description="synthetic test examples from held-out families")
     seed: int = 0
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
-    test_fraction: float = Field(0.2, ge=0.0, lt=0.5, description="share of curated and user data kept for test")
+    test_fraction: float = Field(
+        0.2, ge=0.0, lt=0.5, description="share of curated and user data kept for test"
+    )
     max_prompt_chars: int = Field(1000, ge=16)
     registry_dirs: list[Path] = Field(default_factory=list, description="extra registry YAML directories")
 
@@ -41,8 +43,27 @@ class DataConfig(_Strict):
         return self
 
 
+class LoraConfig(_Strict):
+    r: int = Field(16, ge=1, le=512)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # None: every linear layer of the architecture except the output head (peft's "all-linear").
+    target_modules: list[str] | None = None
+
+
+class ModelConfig(_Strict):
+    """The base model: the bundled default, a Hugging Face model id, or a local directory."""
+
+    base: str = Field("smollm2-135m-instruct", min_length=1)
+    cache_dir: Path = Field(Path("~/.cache/brianft"), description="where converted base models are kept")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    trust_remote_code: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
 class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

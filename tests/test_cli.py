@@ -86,3 +86,46 @@ def test_bad_config_override_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["data", "validate", str(path), "--set", "data.max_prompt_chars=-3"])
     assert result.exit_code == 2
     assert "data.max_prompt_chars" in result.output
+
+
+def test_run_prints_dataset_statistics():
+    result = runner.invoke(
+        app, ["run", "--set", "data.synthetic_train=200", "--set", "data.synthetic_test=50"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Dataset" in result.output and "total_supply" in result.output
+
+
+def test_generate_is_deterministic_and_protects_files(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert (
+        runner.invoke(app, ["data", "generate", "--n", "50", "--seed", "3", "--out", str(a)]).exit_code == 0
+    )
+    assert (
+        runner.invoke(app, ["data", "generate", "--n", "50", "--seed", "3", "--out", str(b)]).exit_code == 0
+    )
+    assert a.read_text() == b.read_text()
+    assert len(a.read_text().splitlines()) == 50
+    assert runner.invoke(app, ["data", "validate", str(a)]).exit_code == 0
+    again = runner.invoke(app, ["data", "generate", "--n", "5", "--out", str(a)])
+    assert again.exit_code == 2 and a.read_text() == b.read_text()
+
+
+def test_split_writes_three_valid_files(tmp_path):
+    out = tmp_path / "splits"
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "split",
+            "--out",
+            str(out),
+            "--set",
+            "data.synthetic_train=100",
+            "--set",
+            "data.synthetic_test=20",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("train", "validation", "test"):
+        assert runner.invoke(app, ["data", "validate", str(out / f"{name}.jsonl")]).exit_code == 0

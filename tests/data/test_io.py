@@ -124,12 +124,15 @@ def test_canonicalize_refuses_to_overwrite(tmp_path, canonicalizer):
 
 
 def test_csv_and_brian_formats(tmp_path, canonicalizer):
+    import csv
+
     csv_path = tmp_path / "d.csv"
-    csv_path.write_text(
-        'prompt,completion\n"swap 1 eth to usdc","{""action"": ""swap"", ""token1"": ""eth"", ""token2"": ""usdc"", ""amount"": ""1""}"\n'
-        "oops,{not json\n",
-        encoding="utf-8",
-    )
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "completion"])
+        label = {"action": "swap", "token1": "eth", "token2": "usdc", "amount": "1"}
+        writer.writerow(["swap 1 eth to usdc", json.dumps(label)])
+        writer.writerow(["oops", "{not json"])
     count, issues = canonicalize_file(csv_path, tmp_path / "o.jsonl", canonicalizer)
     assert count == 1
     assert issues[0].line == 3 and "not valid JSON" in issues[0].message

@@ -23,8 +23,8 @@ run: install
 	$(BIN)/brianft run
 
 lint: install
-	$(BIN)/ruff check brianft tests benchmarks
-	$(BIN)/ruff format --check brianft tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,9 +56,7 @@ def _canonicalizer(cfg: Config):
 def _print_issues(issues: list, path: Path) -> None:
     for issue in issues:
         colour = "red" if issue.severity == "error" else "yellow"
-        line = (
-            f"{escape(str(path))}:{issue.line}: [{colour}]{issue.severity}[/{colour}] {escape(issue.message)}"
-        )
+        line = f"{escape(str(path))}:{issue.line}: [{colour}]{issue.severity}[/{colour}] {escape(issue.message)}"
         error_console.print(line, highlight=False, soft_wrap=True)
 
 
@@ -65,18 +64,77 @@ def _bad_lines(issues: list) -> int:
     return len({issue.line for issue in issues if issue.severity == "error"})
 
 
-@app.command()
-def run(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """The main job: build the dataset splits and print their statistics."""
-    from brianft.data.dataset import build_splits
-    from brianft.data.stats import dataset_stats, render_stats
+DEFAULT_CONFIG = Path("configs/default.yaml")
+OutputDirOption = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (train.output_dir).")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in the output directory.")]
+OverwriteRunOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace a finished run in the output directory.")
+]
 
-    cfg = _config(config, set_)
-    with user_errors(), console.status("Building dataset splits..."):
-        splits = build_splits(cfg.data, _canonicalizer(cfg))
-    render_stats(dataset_stats(splits.items()), console)
-    if splits.dropped_duplicates:
-        console.print(f"[yellow]{len(splits.dropped_duplicates)} duplicate prompts were left out[/yellow]")
+
+def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
+    from brianft.model import ModelLoadError
+    from brianft.train import RunDirError, train
+
+    try:
+        return train(cfg, resume=resume, overwrite=overwrite)
+    except (RunDirError, ModelLoadError) as exc:
+        error_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("train")
+def train_command(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    output_dir: OutputDirOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteRunOption = False,
+) -> None:
+    """Fine-tune the base model with LoRA (works under torchrun / accelerate launch too)."""
+    overrides = [*(set_ or []), *([f"train.output_dir={output_dir}"] if output_dir else [])]
+    cfg = _config(config, overrides)
+    with user_errors():
+        metrics = _train(cfg, resume, overwrite)
+    if metrics:
+        console.print_json(
+            data={k: metrics[k] for k in ("steps", "train_seconds", "validation", "test") if k in metrics}
+        )
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteRunOption = False,
+) -> None:
+    """The main job: fine-tune the default model on the default data, evaluate on test, summarise."""
+    from brianft.run_report import render_summary
+
+    cfg = _config(config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None), set_)
+    started = time.perf_counter()
+    with user_errors():
+        metrics = _train(cfg, resume, overwrite)
+    render_summary(metrics, Path(cfg.train.output_dir), console, wall_seconds=time.perf_counter() - started)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A finished training run.")],
+    merged: Annotated[Path, typer.Option("--merged", help="Directory for merged full weights.")],
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Merge the LoRA adapter into the base weights: a model transformers loads without peft."""
+    from brianft.export import export_merged
+    from brianft.model import ModelLoadError
+
+    with user_errors():
+        try:
+            export_merged(run_dir, merged, overwrite=overwrite)
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from None
+    console.print(f"merged model written to {merged}")
 
 
 @data_app.command("generate")
@@ -101,9 +159,7 @@ def data_generate(
     families = [f for f in FAMILIES if (f in HELD_OUT_FAMILIES) == held_out]
     with user_errors():
         curated = [e.prompt for e in load_curated(canonicalizer)]
-        examples = generate_examples(
-            n, seed, exclude_prompts=curated, families=families, canonicalizer=canonicalizer
-        )
+        examples = generate_examples(n, seed, exclude_prompts=curated, families=families, canonicalizer=canonicalizer)
         count = write_examples(out, examples, overwrite=overwrite)
     console.print(f"wrote {count} examples from {len(families)} template families to {out}")
 
@@ -130,9 +186,7 @@ def data_canonicalize(
         )
     _print_issues(issues, source)
     errors = _bad_lines(issues)
-    console.print(
-        f"wrote {count} canonical examples to {destination}; {errors} bad line(s) left out", soft_wrap=True
-    )
+    console.print(f"wrote {count} canonical examples to {destination}; {errors} bad line(s) left out", soft_wrap=True)
     if errors:
         raise typer.Exit(1)
 
@@ -159,9 +213,7 @@ def data_validate(
 
 @data_app.command("stats")
 def data_stats(
-    files: Annotated[
-        list[Path] | None, typer.Argument(help="Data files; default: the configured splits.")
-    ] = None,
+    files: Annotated[list[Path] | None, typer.Argument(help="Data files; default: the configured splits.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -176,8 +228,7 @@ def data_stats(
     with user_errors():
         if files:
             named = [
-                (str(p), read_examples(p, canonicalizer, max_prompt_chars=cfg.data.max_prompt_chars))
-                for p in files
+                (str(p), read_examples(p, canonicalizer, max_prompt_chars=cfg.data.max_prompt_chars)) for p in files
             ]
         else:
             named = build_splits(cfg.data, canonicalizer).items()

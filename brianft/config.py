@@ -30,9 +30,7 @@ class DataConfig(_Strict):
     synthetic_test: int = Field(200, ge=0, description="synthetic test examples from held-out families")
     seed: int = 0
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
-    test_fraction: float = Field(
-        0.2, ge=0.0, lt=0.5, description="share of curated and user data kept for test"
-    )
+    test_fraction: float = Field(0.2, ge=0.0, lt=0.5, description="share of curated and user data kept for test")
     max_prompt_chars: int = Field(1000, ge=16)
     registry_dirs: list[Path] = Field(default_factory=list, description="extra registry YAML directories")
 
@@ -61,9 +59,37 @@ class ModelConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+class TrainConfig(_Strict):
+    """The training loop. Steps count optimizer updates (micro-batches x grad_accum x ranks)."""
+
+    output_dir: Path = Path("runs/default")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(16, ge=1, description="examples per micro-batch and process")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    log_every: int = Field(5, ge=1)
+    eval_every: int = Field(0, ge=0, description="steps between validation evaluations; 0: at the end only")
+    eval_examples: int = Field(64, ge=1, description="validation examples generated at each evaluation")
+    eval_batch_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(96, ge=8)
+    save_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    test_eval: bool = Field(True, description="evaluate on the test split when training ends")
+
+
 class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

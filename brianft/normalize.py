@@ -177,9 +177,7 @@ def eip55_checksum(address: str) -> str:
     """The EIP-55 mixed-case form of a 0x address."""
     lower = address[2:].lower()
     digest = keccak.new(digest_bits=256, data=lower.encode("ascii")).hexdigest()
-    return "0x" + "".join(
-        c.upper() if int(d, 16) >= 8 else c for c, d in zip(lower, digest[:40], strict=True)
-    )
+    return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(lower, digest[:40], strict=True))
 
 
 def checksum_warning(address: str) -> str | None:

@@ -19,9 +19,7 @@ RAW = {
 
 
 def write_jsonl(path, rows):
-    path.write_text(
-        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
-    )
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
@@ -89,21 +87,15 @@ def test_bad_config_override_is_a_clear_error(tmp_path):
 
 
 def test_run_prints_dataset_statistics():
-    result = runner.invoke(
-        app, ["run", "--set", "data.synthetic_train=200", "--set", "data.synthetic_test=50"]
-    )
+    result = runner.invoke(app, ["run", "--set", "data.synthetic_train=200", "--set", "data.synthetic_test=50"])
     assert result.exit_code == 0, result.output
     assert "Dataset" in result.output and "total_supply" in result.output
 
 
 def test_generate_is_deterministic_and_protects_files(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    assert (
-        runner.invoke(app, ["data", "generate", "--n", "50", "--seed", "3", "--out", str(a)]).exit_code == 0
-    )
-    assert (
-        runner.invoke(app, ["data", "generate", "--n", "50", "--seed", "3", "--out", str(b)]).exit_code == 0
-    )
+    assert runner.invoke(app, ["data", "generate", "--n", "50", "--seed", "3", "--out", str(a)]).exit_code == 0
+    assert runner.invoke(app, ["data", "generate", "--n", "50", "--seed", "3", "--out", str(b)]).exit_code == 0
     assert a.read_text() == b.read_text()
     assert len(a.read_text().splitlines()) == 50
     assert runner.invoke(app, ["data", "validate", str(a)]).exit_code == 0

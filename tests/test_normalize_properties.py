@@ -98,9 +98,7 @@ def test_amount_of_a_plain_decimal_is_exact(value):
 
 RAW_VALUES = st.one_of(st.none(), st.integers(), st.text(max_size=20), st.sampled_from(NAME_WORDS))
 RAW_KEYS = st.one_of(st.sampled_from(["action", *FIELDS]), st.text(max_size=10))
-RAW_ACTIONS = st.one_of(
-    st.sampled_from([a.value for a in Action]), st.text(max_size=12), st.none(), st.integers()
-)
+RAW_ACTIONS = st.one_of(st.sampled_from([a.value for a in Action]), st.text(max_size=12), st.none(), st.integers())
 
 
 @st.composite

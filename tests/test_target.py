@@ -217,10 +217,7 @@ def test_example_target_copies_raw_values():
         raw=[{"token1": "usdc", "amount": "2.5k", "chain": "Arbitrum One"}],
     )
     assert example_target(example) == "swap; token1=usdc; token2=ETH; amount=2.5k; chain=Arbitrum One"
-    assert (
-        example_target(example, copy_raw=False)
-        == "swap; token1=USDC; token2=ETH; amount=2500; chain=arbitrum"
-    )
+    assert example_target(example, copy_raw=False) == "swap; token1=USDC; token2=ETH; amount=2500; chain=arbitrum"
     assert example_target(Example(prompt="hi", intents=[])) == "none"
 
 
@@ -245,9 +242,7 @@ def test_parse_output_never_raises(text):
 
 
 @SETTINGS
-@given(
-    st.lists(st.sampled_from(["swap; ", "token1=", "eth", ";", "\n", "none", "[", "{", '"', "}", "]", "="]))
-)
+@given(st.lists(st.sampled_from(["swap; ", "token1=", "eth", ";", "\n", "none", "[", "{", '"', "}", "]", "="])))
 def test_parse_output_never_raises_on_format_fragments(fragments):
     assert isinstance(parse_output("".join(fragments)), ParsedOutput)
 

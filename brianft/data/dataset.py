@@ -86,9 +86,7 @@ def build_splits(config: DataConfig, canonicalizer: Canonicalizer) -> Splits:
 
     labelled = load_curated(canonicalizer) if config.curated else []
     for path in config.files:
-        user = read_examples(
-            path, canonicalizer, mode="canonicalize", max_prompt_chars=config.max_prompt_chars
-        )
+        user = read_examples(path, canonicalizer, mode="canonicalize", max_prompt_chars=config.max_prompt_chars)
         labelled += [e.model_copy(update={"source": e.source or f"user:{Path(path).name}"}) for e in user]
     labelled = [e for e in labelled if keep(e)]
     train, validation, test = split_by_hash(
@@ -104,9 +102,7 @@ def build_splits(config: DataConfig, canonicalizer: Canonicalizer) -> Splits:
             canonicalizer=canonicalizer,
         )
         synthetic = [e for e in synthetic if keep(e)]
-        s_train, s_validation, _ = split_by_hash(
-            synthetic, config.validation_fraction, 0.0, f"synthetic-{config.seed}"
-        )
+        s_train, s_validation, _ = split_by_hash(synthetic, config.validation_fraction, 0.0, f"synthetic-{config.seed}")
         train += s_train
         validation += s_validation
     if config.synthetic_test:

@@ -417,9 +417,7 @@ class Family:
         return hash(self.name)
 
 
-def _single(
-    name: str, action: Action, templates: Iterable[str], kind: Kind = "single", **pools: str
-) -> Family:
+def _single(name: str, action: Action, templates: Iterable[str], kind: Kind = "single", **pools: str) -> Family:
     return Family(name, action.value, kind, tuple(templates), ((action, DEFAULT_BINDINGS[action]),), pools)
 
 
@@ -1178,9 +1176,7 @@ def _add_noise(
     if rng.random() < 0.12:
         segments = _add_typo(segments, rng)
     if rng.random() < 0.06:
-        spaces = [
-            (i, m.start()) for i, (t, s) in enumerate(segments) if s is None for m in re.finditer(" ", t)
-        ]
+        spaces = [(i, m.start()) for i, (t, s) in enumerate(segments) if s is None for m in re.finditer(" ", t)]
         if spaces:
             index, position = rng.choice(spaces)
             text = segments[index][0]

@@ -110,9 +110,7 @@ def check_record(
     if not isinstance(prompt, str) or not prompt.strip():
         return None, [LineIssue(number, "'prompt' must be a non-empty string")]
     if len(prompt) > max_prompt_chars:
-        return None, [
-            LineIssue(number, f"prompt is {len(prompt)} characters, over the {max_prompt_chars} limit")
-        ]
+        return None, [LineIssue(number, f"prompt is {len(prompt)} characters, over the {max_prompt_chars} limit")]
     labels = _labels_of(record)
     if labels is None:
         return None, [LineIssue(number, "needs 'intents' (a list) or 'completion' (an object or a list)")]
@@ -159,24 +157,16 @@ def _labels_of(record: dict) -> list | None:
 
 
 def _check_raw(number: int, raw: Any, example: Example, canonicalizer: Canonicalizer) -> list[LineIssue]:
-    if (
-        not isinstance(raw, list)
-        or len(raw) != len(example.intents)
-        or not all(isinstance(r, dict) for r in raw)
-    ):
+    if not isinstance(raw, list) or len(raw) != len(example.intents) or not all(isinstance(r, dict) for r in raw):
         return [LineIssue(number, "'raw' must be a list with one object per intent")]
     issues = []
     for index, (spans, intent) in enumerate(zip(raw, example.intents, strict=True), start=1):
         labels = intent.fields()
         for name, span in spans.items():
             if not isinstance(span, str) or span not in example.prompt:
-                issues.append(
-                    LineIssue(number, f"intent {index}: raw {name} {span!r} does not occur in the prompt")
-                )
+                issues.append(LineIssue(number, f"intent {index}: raw {name} {span!r} does not occur in the prompt"))
             elif name not in labels or canonicalizer.value(name, span) != labels[name]:
-                issues.append(
-                    LineIssue(number, f"intent {index}: raw {name} {span!r} does not match the label")
-                )
+                issues.append(LineIssue(number, f"intent {index}: raw {name} {span!r} does not match the label"))
     return issues
 
 
@@ -192,9 +182,7 @@ def check_records(
     issues: list[LineIssue] = []
     first_line: dict[str, int] = {}
     for number, record in records:
-        example, found = check_record(
-            number, record, canonicalizer, mode=mode, max_prompt_chars=max_prompt_chars
-        )
+        example, found = check_record(number, record, canonicalizer, mode=mode, max_prompt_chars=max_prompt_chars)
         issues += found
         if example is None:
             continue
@@ -215,9 +203,7 @@ def read_examples(
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
 ) -> list[Example]:
     """Every example of a data file; raises DataFileError listing all bad lines if any."""
-    examples, issues = check_records(
-        iter_records(path), canonicalizer, mode=mode, max_prompt_chars=max_prompt_chars
-    )
+    examples, issues = check_records(iter_records(path), canonicalizer, mode=mode, max_prompt_chars=max_prompt_chars)
     if errors := [issue for issue in issues if issue.severity == "error"]:
         raise DataFileError(Path(path), errors)
     return examples

@@ -70,11 +70,7 @@ class SpanFinder:
         "half of my"). Among equals, chains take the last occurrence (chains tend to follow
         the token: "eth ... on mainnet"), others the first.
         """
-        matches = [
-            (n, start, text)
-            for n, start, text in _candidates(prompt)
-            if self._canonical(field, text) == value
-        ]
+        matches = [(n, start, text) for n, start, text in _candidates(prompt) if self._canonical(field, text) == value]
         if not matches:
             return None
         last = field in ("chain", "dest_chain")

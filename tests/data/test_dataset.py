@@ -147,6 +147,4 @@ def test_corrupt_user_file_is_reported(tmp_path, canonicalizer):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "x", "intents": [{"action": "swap", "amount": "lots"}]}\n')
     with pytest.raises(ValueError, match="line 1"):
-        build_splits(
-            DataConfig(curated=False, files=[path], synthetic_train=0, synthetic_test=0), canonicalizer
-        )
+        build_splits(DataConfig(curated=False, files=[path], synthetic_train=0, synthetic_test=0), canonicalizer)

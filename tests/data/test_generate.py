@@ -48,8 +48,7 @@ def check_example(example: Example, canonicalizer: Canonicalizer) -> None:
     parsed = parse_output(example_target(example))
     assert parsed.ok, parsed.error
     assert parsed.intents == [
-        {"action": intent.action.value, **raw}
-        for intent, raw in zip(example.intents, example.raw, strict=True)
+        {"action": intent.action.value, **raw} for intent, raw in zip(example.intents, example.raw, strict=True)
     ]
 
 
@@ -90,9 +89,7 @@ def test_value_pools_are_canonical_and_known(canonicalizer: Canonicalizer) -> No
     for pool in gen.PROTOCOL_POOLS.values():
         for protocol in pool:
             assert canonicalizer.protocol(protocol)
-    assert (
-        canonicalizer.protocol("Aave v3") == "aave" and canonicalizer.protocol("Rocket Pool") == "rocketpool"
-    )
+    assert canonicalizer.protocol("Aave v3") == "aave" and canonicalizer.protocol("Rocket Pool") == "rocketpool"
     rng = random.Random(0)
     amounts = [gen._amount(rng) for _ in range(2000)]
     for amount in amounts:
@@ -100,9 +97,7 @@ def test_value_pools_are_canonical_and_known(canonicalizer: Canonicalizer) -> No
     notations = {"1,500": r"^\d{1,3}(,\d{3})+", ".5": r"^\.\d", "0,5": r"^\d,\d{1,2}$", "2.5k": r"[kKmM]$"}
     for name, pattern in notations.items():
         assert any(re.search(pattern, a) for a in amounts), name
-    assert any(
-        re.fullmatch(r"[a-z -]+", a) and " " in a for a in amounts
-    )  # "twenty five", "one hundred and ..."
+    assert any(re.fullmatch(r"[a-z -]+", a) and " " in a for a in amounts)  # "twenty five", "one hundred and ..."
     addresses = [gen._address(rng) for _ in range(300)]
     assert any(a.endswith(".eth") for a in addresses)
     assert any(HEX.fullmatch(a) and a[2:] == a[2:].lower() for a in addresses)
@@ -188,9 +183,7 @@ def test_context_and_references_in_multi_intent(canonicalizer: Canonicalizer) ->
             assert first.chain == second.chain
         else:  # "... and bridge/send it": no amount, the token of the earlier step
             assert second.amount is None
-            assert second.token1 == (
-                first.token1 if example.family == "multi_withdraw_transfer" else first.token2
-            )
+            assert second.token1 == (first.token1 if example.family == "multi_withdraw_transfer" else first.token2)
             assert second.chain == first.chain
 
 

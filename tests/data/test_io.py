@@ -19,9 +19,7 @@ def canonicalizer() -> Canonicalizer:
 
 
 def write_lines(path: Path, lines: list) -> Path:
-    path.write_text(
-        "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n", encoding="utf-8"
-    )
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n", encoding="utf-8")
     return path
 
 
@@ -106,9 +104,7 @@ def test_canonicalize_rewrites_raw_values(tmp_path, canonicalizer):
     assert lines[0]["intents"] == [
         {"action": "bridge", "token1": "PEPE", "amount": "2500", "chain": "arbitrum", "dest_chain": "base"}
     ]
-    assert lines[1]["intents"] == [
-        {"action": "transfer", "token1": "ETH", "amount": "50%", "address": "bob.eth"}
-    ]
+    assert lines[1]["intents"] == [{"action": "transfer", "token1": "ETH", "amount": "50%", "address": "bob.eth"}]
     # the output is canonical, so it validates
     assert validate_file(out, canonicalizer) == (2, [])
 

@@ -1,0 +1,103 @@
+"""How a request becomes model input, and an example becomes a supervised training sequence.
+
+Labels are built from the prompt/target split tokenized here, never by searching for a
+response template in the token stream (FINETUNING_NOTES pitfall 1). The EOS after the target
+is supervised by position, so it stays a label even when pad and eos share an id (pitfall 2).
+Chat-templated strings carry their own special tokens and are tokenized without adding more
+(pitfall 3).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from brianft.schema import Example
+from brianft.target import example_target
+
+SYSTEM_PROMPT = "Extract the wallet intents."
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def supervised(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def build_prompt(tokenizer, request: str, is_seq2seq: bool) -> str:
+    if is_seq2seq:
+        return f"{SYSTEM_PROMPT} {request}"
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": request}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{SYSTEM_PROMPT}\nRequest: {request}\nIntents:"
+
+
+def encode_prompt(tokenizer, request: str, is_seq2seq: bool) -> list[int]:
+    text = build_prompt(tokenizer, request, is_seq2seq)
+    templated = not is_seq2seq and bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+
+def encode_target(tokenizer, target: str) -> list[int]:
+    ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    return [*ids, tokenizer.eos_token_id]
+
+
+def encode_example(tokenizer, example: Example, is_seq2seq: bool) -> Encoded:
+    prompt_ids = encode_prompt(tokenizer, example.prompt, is_seq2seq)
+    target_ids = encode_target(tokenizer, example_target(example))
+    if is_seq2seq:
+        return Encoded(input_ids=prompt_ids, labels=target_ids)
+    return Encoded(input_ids=prompt_ids + target_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + target_ids)
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of similar length (little padding), in an order fixed by (seed, epoch).
+
+    Shuffle, sort within windows of 50 batches, cut into batches, shuffle the batches: the
+    order is random yet reproducible, which is what makes resume exact.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate_for_training(items: Sequence[Encoded], pad_id: int, is_seq2seq: bool) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padded label positions are IGNORE_INDEX whatever the pad id."""
+    width = max(len(item.input_ids) for item in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), width), dtype=torch.long)
+    label_width = max(len(item.labels) for item in items) if is_seq2seq else width
+    labels = torch.full((len(items), label_width), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(items):
+        input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+        attention[row, : len(item.input_ids)] = 1
+        labels[row, : len(item.labels)] = torch.tensor(item.labels)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def collate_for_generation(prompts: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts, so that every row's next token comes right after its prompt."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention}

@@ -32,11 +32,14 @@ OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an e
 def user_errors() -> Iterator[None]:
     """Turn expected failures (bad files, bad config) into a clear message and exit code 2."""
     from brianft.data.io import DataFileError
+    from brianft.model import ModelLoadError
     from brianft.normalize import RegistryError
+    from brianft.train import RunDirError
 
+    expected = (ConfigError, DataFileError, RegistryError, ModelLoadError, RunDirError)
     try:
         yield
-    except (ConfigError, DataFileError, RegistryError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (*expected, FileExistsError, FileNotFoundError, ValueError) as exc:
         error_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -73,14 +76,9 @@ OverwriteRunOption = Annotated[
 
 
 def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
-    from brianft.model import ModelLoadError
-    from brianft.train import RunDirError, train
+    from brianft.train import train
 
-    try:
-        return train(cfg, resume=resume, overwrite=overwrite)
-    except (RunDirError, ModelLoadError) as exc:
-        error_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    return train(cfg, resume=resume, overwrite=overwrite)
 
 
 @app.command("train")
@@ -127,13 +125,9 @@ def export_command(
 ) -> None:
     """Merge the LoRA adapter into the base weights: a model transformers loads without peft."""
     from brianft.export import export_merged
-    from brianft.model import ModelLoadError
 
     with user_errors():
-        try:
-            export_merged(run_dir, merged, overwrite=overwrite)
-        except ModelLoadError as exc:
-            raise ValueError(str(exc)) from None
+        export_merged(run_dir, merged, overwrite=overwrite)
     console.print(f"merged model written to {merged}")
 
 

@@ -47,6 +47,7 @@ class LoraConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # None: every linear layer of the architecture except the output head (peft's "all-linear").
     target_modules: list[str] | None = None
+    top_layers: int | None = Field(None, ge=1, description="adapt only the last N blocks (faster on CPU)")
 
 
 class ModelConfig(_Strict):

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -296,8 +297,10 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
             evaluate=lambda examples: evaluate_examples(model, tokenizer, examples, canonicalizer, config, is_seq2seq),
         )
         writer.close()
+    print(f"rank {ranks.rank}/{ranks.world} done: {state.step} steps", file=sys.stderr)
     if ranks.world > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return metrics
 
 

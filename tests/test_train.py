@@ -1,0 +1,141 @@
+"""The whole training pipeline on tiny randomly initialised models, on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from brianft.config import load_config
+from brianft.train import RunDirError, train
+
+
+def tiny_config(base_dir, output_dir, *overrides):
+    return load_config(
+        None,
+        [
+            f"model.base={base_dir}",
+            f"train.output_dir={output_dir}",
+            "data.curated=false",
+            "data.synthetic_train=64",
+            "data.synthetic_test=8",
+            "train.batch_size=8",
+            "train.max_steps=40",
+            "train.lr=3e-2",
+            "train.warmup_ratio=0",
+            "train.eval_examples=4",
+            "train.eval_batch_size=4",
+            "train.max_new_tokens=12",
+            "train.save_every=20",
+            "train.threads=1",
+            "model.lora.r=8",
+            *overrides,
+        ],
+    )
+
+
+def losses(run_dir):
+    return [h["loss"] for h in json.loads((run_dir / "history.json").read_text())]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_falcon_dir", "tiny_gpt2_dir", "tiny_t5_dir"])
+def test_tiny_models_train_end_to_end(fixture, request, tmp_path):
+    base = request.getfixturevalue(fixture)
+    run_dir = tmp_path / "run"
+    metrics = train(tiny_config(base, run_dir))
+    history = losses(run_dir)
+    assert len(history) == 40
+    assert sum(history[-4:]) / 4 < sum(history[:4]) / 4 * 0.9, history  # it learns
+    for name in ("config.yaml", "metrics.json", "history.json", "curves.png", "eval_report.md", "README.md"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "tensorboard").is_dir()
+    assert metrics["steps"] == 40 and "test" in metrics and metrics["test"]["examples"] > 0
+
+
+def test_finished_run_is_never_overwritten(tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_llama_dir, run_dir, "train.max_steps=2", "train.test_eval=false")
+    train(config)
+    before = (run_dir / "metrics.json").read_text()
+    with pytest.raises(RunDirError, match="finished run"):
+        train(config)
+    with pytest.raises(RunDirError, match="finished run"):
+        train(config, resume=True)
+    assert (run_dir / "metrics.json").read_text() == before
+    train(config, overwrite=True)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_llama_dir, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(tiny_config(tiny_llama_dir, straight, "train.test_eval=false"))
+
+    interrupted = tmp_path / "interrupted"
+    import brianft.train as train_module
+
+    def crash_after_first_checkpoint(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_prune_checkpoints", crash_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_llama_dir, interrupted, "train.test_eval=false"))
+    assert (interrupted / "checkpoints" / "step-000020" / "state.json").exists()
+    assert not (interrupted / "metrics.json").exists()
+    monkeypatch.undo()
+    with pytest.raises(RunDirError, match="--resume"):
+        train(tiny_config(tiny_llama_dir, interrupted, "train.test_eval=false"))
+    train(tiny_config(tiny_llama_dir, interrupted, "train.test_eval=false"), resume=True)
+
+    assert losses(interrupted) == pytest.approx(losses(straight), rel=1e-4)
+    a = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(interrupted / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_saved_adapter_reloads_and_predicts_identically(tiny_llama_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from brianft.export import export_merged
+    from brianft.infer import generate_texts
+    from brianft.model import load_run
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(tiny_llama_dir, run_dir, "train.test_eval=false"))
+    requests = ["swap 1 eth for usdc on base", "send 5 dai to bob.eth"]
+    loaded = load_run(run_dir)
+    ours = generate_texts(loaded.model, loaded.tokenizer, requests, is_seq2seq=False, max_new_tokens=12)
+
+    # plain peft, no brianft involved in loading the adapter
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), run_dir / "adapter")
+    assert generate_texts(plain, loaded.tokenizer, requests, is_seq2seq=False, max_new_tokens=12) == ours
+
+    merged_dir = export_merged(run_dir, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert generate_texts(merged, loaded.tokenizer, requests, is_seq2seq=False, max_new_tokens=12) == ours
+    with pytest.raises(FileExistsError):
+        export_merged(run_dir, merged_dir)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_run(tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        "-m", "brianft", "train",
+        "--set", f"model.base={tiny_llama_dir}", "--output-dir", str(run_dir),
+        "--set", "data.curated=false", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=8",
+        "--set", "train.batch_size=4", "--set", "train.max_steps=4", "--set", "train.eval_examples=2",
+        "--set", "train.max_new_tokens=8", "--set", "train.threads=1", "--set", "model.lora.r=8",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0/2 done: 4 steps" in result.stderr and "rank 1/2 done: 4 steps" in result.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]

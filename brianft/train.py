@@ -34,7 +34,13 @@ from brianft.evaluate import score_predictions
 from brianft.infer import decode_prediction, generate_texts
 from brianft.model import apply_lora, backbone_and_head, load_base_model
 from brianft.normalize import Canonicalizer, Registry
-from brianft.prompting import IGNORE_INDEX, collate_for_training, encode_example, length_grouped_batches
+from brianft.prompting import (
+    IGNORE_INDEX,
+    Encoded,
+    collate_for_training,
+    encode_example,
+    length_grouped_batches,
+)
 from brianft.schema import Example
 
 FINISHED_MARKER = "metrics.json"
@@ -119,6 +125,47 @@ def supervised_loss_sum(model, batch: dict[str, torch.Tensor], is_seq2seq: bool)
     mask = targets != IGNORE_INDEX
     logits = head(hidden[:, :-1][mask])
     return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+
+
+def optimizer_step(
+    model,
+    optimizer,
+    scheduler,
+    micro_batches: list[list[Encoded]],
+    *,
+    pad_id: int,
+    is_seq2seq: bool,
+    device: torch.device,
+    bf16: bool,
+    max_grad_norm: float,
+    ranks: Distributed,
+) -> tuple[float, int]:
+    """One update over several micro-batches (and ranks). The loss is the mean over every
+    supervised token of the whole effective batch, not a mean of per-batch means
+    (FINETUNING_NOTES pitfall 5). Returns (loss, supervised tokens)."""
+    global_tokens = torch.tensor(float(sum(item.supervised for batch in micro_batches for item in batch)))
+    if ranks.world > 1:
+        dist.all_reduce(global_tokens)
+    loss_total = 0.0
+    for items in micro_batches:
+        batch = {k: v.to(device) for k, v in collate_for_training(items, pad_id, is_seq2seq).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = supervised_loss_sum(model, batch, is_seq2seq) / global_tokens.item()
+        loss.backward()
+        loss_total += loss.item()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if ranks.world > 1:
+        for p in trainable:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+        reduced = torch.tensor(loss_total)
+        dist.all_reduce(reduced)
+        loss_total = reduced.item()
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_total, int(global_tokens.item())
 
 
 def total_steps(n_examples: int, config: Config, world: int) -> int:
@@ -229,33 +276,12 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
     while state.step < steps:
         micro_batches = step_batches(lengths, config, state.step, ranks)
         items = [[encoded[i] for i in batch] for batch in micro_batches]
-        local_tokens = sum(item.supervised for batch in items for item in batch)
-        global_tokens = torch.tensor(float(local_tokens))
-        if ranks.world > 1:
-            dist.all_reduce(global_tokens)
-        loss_total = 0.0
-        for batch_items in items:
-            batch = {
-                k: v.to(device)
-                for k, v in collate_for_training(batch_items, tokenizer.pad_token_id, is_seq2seq).items()
-            }
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                loss = supervised_loss_sum(model, batch, is_seq2seq) / global_tokens.item()
-            loss.backward()
-            loss_total += loss.item()
-        if ranks.world > 1:
-            for p in trainable:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-            loss_reduced = torch.tensor(loss_total)
-            dist.all_reduce(loss_reduced)
-            loss_total = loss_reduced.item()
-        torch.nn.utils.clip_grad_norm_(trainable, tc.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss_total, step_tokens = optimizer_step(
+            model, optimizer, scheduler, items, pad_id=tokenizer.pad_token_id, is_seq2seq=is_seq2seq,
+            device=device, bf16=tc.bf16, max_grad_norm=tc.max_grad_norm, ranks=ranks,
+        )  # fmt: skip
         state.step += 1
-        tokens_seen += int(global_tokens.item())
+        tokens_seen += step_tokens
         progress.update(1)
         progress.set_postfix(loss=f"{loss_total:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         record = {"step": state.step, "loss": loss_total, "lr": scheduler.get_last_lr()[0]}

@@ -139,3 +139,28 @@ def test_torchrun_two_processes_train_one_run(tiny_llama_dir, tmp_path):
     assert "rank 0/2 done: 4 steps" in result.stderr and "rank 1/2 done: 4 steps" in result.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 4
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+
+
+@pytest.mark.slow
+def test_real_bundled_model_trains_a_few_steps(tmp_path):
+    """The real loading path: bundled GGUF -> cached fp32 weights -> LoRA -> steps -> adapter."""
+    run_dir = tmp_path / "real"
+    config = load_config(
+        "configs/default.yaml",
+        [
+            f"train.output_dir={run_dir}",
+            "data.curated=false",
+            "data.synthetic_train=24",
+            "data.synthetic_test=4",
+            "train.batch_size=4",
+            "train.max_steps=3",
+            "train.eval_examples=2",
+            "train.max_new_tokens=8",
+            "train.test_eval=false",
+        ],
+    )
+    metrics = train(config)
+    assert "smollm2-135m-instruct" in metrics["base_model"]
+    history = losses(run_dir)
+    assert len(history) == 3 and all(0 < loss < 20 for loss in history)
+    assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size > 100_000

@@ -78,12 +78,22 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, e
     return batches
 
 
-def collate_for_training(items: Sequence[Encoded], pad_id: int, is_seq2seq: bool) -> dict[str, torch.Tensor]:
-    """Right-padded tensors; padded label positions are IGNORE_INDEX whatever the pad id."""
-    width = max(len(item.input_ids) for item in items)
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def collate_for_training(
+    items: Sequence[Encoded], pad_id: int, is_seq2seq: bool, *, pad_to_multiple_of: int = 8
+) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padded label positions are IGNORE_INDEX whatever the pad id.
+
+    Widths are rounded up to a multiple: fewer distinct shapes keep the CPU kernels' plans
+    cached instead of rebuilt for every batch.
+    """
+    width = _round_up(max(len(item.input_ids) for item in items), pad_to_multiple_of)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(items), width), dtype=torch.long)
-    label_width = max(len(item.labels) for item in items) if is_seq2seq else width
+    label_width = _round_up(max(len(item.labels) for item in items), pad_to_multiple_of) if is_seq2seq else width
     labels = torch.full((len(items), label_width), IGNORE_INDEX, dtype=torch.long)
     for row, item in enumerate(items):
         input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)

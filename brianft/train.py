@@ -44,6 +44,7 @@ from brianft.prompting import (
 from brianft.schema import Example
 
 FINISHED_MARKER = "metrics.json"
+SHAPE_BUCKET = 64
 
 
 class RunDirError(RuntimeError):
@@ -121,10 +122,15 @@ def supervised_loss_sum(model, batch: dict[str, torch.Tensor], is_seq2seq: bool)
         )
     backbone, head = backbone_and_head(model)
     hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][mask])
-    return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+    targets = labels[:, 1:].flatten()
+    supervised = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    # Round the row count up to a bucket (extra rows carry no label): a new matrix shape per
+    # batch makes the CPU kernels re-plan every step, which slowed bf16 training over time.
+    extra = -supervised.numel() % SHAPE_BUCKET
+    positions = F.pad(supervised, (0, extra))
+    picked = F.pad(targets[supervised], (0, extra), value=IGNORE_INDEX)
+    logits = head(hidden[:, :-1].flatten(0, 1)[positions])
+    return F.cross_entropy(logits.float(), picked, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def optimizer_step(

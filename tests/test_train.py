@@ -164,3 +164,28 @@ def test_real_bundled_model_trains_a_few_steps(tmp_path):
     history = losses(run_dir)
     assert len(history) == 3 and all(0 < loss < 20 for loss in history)
     assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size > 100_000
+
+
+def test_supervised_loss_equals_full_sequence_cross_entropy(tiny_llama_dir):
+    """Logits only at supervised positions (bucketed rows included) give the textbook loss."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from brianft.prompting import collate_for_training, encode_example
+    from brianft.schema import Action, Example, Intent
+    from brianft.train import supervised_loss_sum
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    examples = [
+        Example(
+            prompt="send 1 eth to bob.eth",
+            intents=[Intent(action=Action.TRANSFER, token1="ETH", amount="1", address="bob.eth")],
+        ),
+        Example(prompt="what is a rollup?", intents=[]),
+    ]
+    batch = collate_for_training([encode_example(tokenizer, e, False) for e in examples], tokenizer.eos_token_id, False)
+    ours = supervised_loss_sum(model, batch, is_seq2seq=False)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    reference = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction="sum")
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)

@@ -86,10 +86,42 @@ def test_bad_config_override_is_a_clear_error(tmp_path):
     assert "data.max_prompt_chars" in result.output
 
 
-def test_run_prints_dataset_statistics():
-    result = runner.invoke(app, ["run", "--set", "data.synthetic_train=200", "--set", "data.synthetic_test=50"])
+def test_data_stats_of_the_configured_splits():
+    result = runner.invoke(
+        app, ["data", "stats", "--set", "data.synthetic_train=200", "--set", "data.synthetic_test=50"]
+    )
     assert result.exit_code == 0, result.output
     assert "Dataset" in result.output and "total_supply" in result.output
+
+
+def test_run_trains_evaluates_and_summarises(tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["run", "--set", f"model.base={tiny_llama_dir}", "--set", f"train.output_dir={run_dir}"]
+    for override in (
+        "data.curated=false",
+        "data.synthetic_train=40",
+        "data.synthetic_test=8",
+        "train.max_steps=3",
+        "train.batch_size=8",
+        "train.eval_examples=2",
+        "train.max_new_tokens=8",
+        "train.threads=1",
+    ):
+        args += ["--set", override]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "test" in result.output and "exact match" in result.output
+    assert "3 steps" in result.output and (run_dir / "metrics.json").is_file()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_train_refuses_a_missing_base_model(tmp_path):
+    result = runner.invoke(
+        app, ["train", "--set", f"model.base={tmp_path / 'nope'}", "--output-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output
 
 
 def test_generate_is_deterministic_and_protects_files(tmp_path):

@@ -252,5 +252,104 @@ def data_split(
             console.print(f"{name}: {count} examples -> {out / f'{name}.jsonl'}")
 
 
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="A training run, a (merged) model directory, or 'rules'."),
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Requests generated together.")]
+
+
+def _extractor(model: str, batch_size: int):
+    from brianft.extract import Extractor
+
+    with user_errors():
+        return Extractor.load(model, batch_size=batch_size)
+
+
+@app.command()
+def predict(
+    request: Annotated[str | None, typer.Argument(help="One request; or use --input.")] = None,
+    model: ModelOption = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Requests: text (one a line) or .jsonl with 'prompt'.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL results, one line a request.")] = None,
+    overwrite: OverwriteOption = False,
+    batch_size: BatchSizeOption = 16,
+) -> None:
+    """Extract the intents of a request (printed as JSON) or of every request in a file."""
+    from brianft.extract import DEFAULT_RUN, check_writable, read_requests, write_results
+
+    if (request is None) == (input_file is None):
+        error_console.print("[red]error:[/red] give either a request or --input FILE", highlight=False)
+        raise typer.Exit(2)
+    if output is not None and input_file is None:
+        error_console.print("[red]error:[/red] --output needs --input", highlight=False)
+        raise typer.Exit(2)
+    with user_errors():
+        requests = read_requests(input_file) if input_file is not None else [request]
+        if output is not None:
+            check_writable(output, overwrite=overwrite)
+    extractor = _extractor(model or str(DEFAULT_RUN), batch_size)
+    results = extractor.extract_batch(requests)
+    if input_file is None:
+        sys.stdout.write(json.dumps(results[0].to_dict(), indent=2, ensure_ascii=False) + "\n")
+        if results[0].error is not None:
+            raise typer.Exit(1)
+        return
+    if output is None:
+        for result in results:
+            sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+    else:
+        with user_errors():
+            write_results(output, results, overwrite=overwrite)
+    errors = sum(result.error is not None for result in results)
+    error_console.print(f"{len(results)} request(s), {errors} error(s)" + (f" -> {output}" if output else ""))
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled data file (canonical JSONL/CSV).")],
+    model: ModelOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Report directory.")] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Also evaluate a baseline: 'rules' (needs no model).")
+    ] = None,
+    batch_size: BatchSizeOption = 16,
+) -> None:
+    """Score an extractor by real generation on a labelled file: metrics.json, report.md, confusion matrix."""
+    from brianft.data.io import read_examples
+    from brianft.evaluate import comparison_table, write_report
+    from brianft.extract import RULES, evaluate_extractor
+
+    if baseline is not None and baseline != RULES:
+        error_console.print(f"[red]error:[/red] unknown baseline {baseline!r}; the only one is 'rules'")
+        raise typer.Exit(2)
+    if model is None and baseline is None:
+        error_console.print("[red]error:[/red] give --model RUN, --baseline rules, or both", highlight=False)
+        raise typer.Exit(2)
+    systems: list[tuple[str, str, Path]] = []  # (name, model spec, report directory)
+    if model is not None:
+        default = Path("evaluation") / RULES if model == RULES else Path(model) / "evaluation"
+        systems.append((model, model, out or default))
+    if baseline is not None:
+        if model is None:
+            systems.append((RULES, RULES, out or Path("evaluation") / RULES))
+        else:
+            systems.append((f"baseline: {RULES}", RULES, systems[0][2] / f"baseline-{RULES}"))
+    named: dict[str, dict] = {}
+    for name, spec, directory in systems:
+        extractor = _extractor(spec, batch_size)
+        with user_errors():
+            examples = read_examples(data, extractor.canonicalizer, mode="validate")
+            metrics = evaluate_extractor(extractor, examples)
+            metrics["model"] = spec
+            metrics["data"] = str(data)
+            write_report(metrics, directory, f"{name} on {data.name}")
+        named[name] = metrics
+        console.print(f"{escape(name)}: report written to {escape(str(directory))}", soft_wrap=True)
+    console.print(comparison_table(named), markup=False, soft_wrap=True)
+
+
 def main() -> None:
     app()

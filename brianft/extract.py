@@ -1,0 +1,306 @@
+"""The safe path from a user's request to validated intents: the API behind `brianft predict`.
+
+An `Extractor` pairs a backend (a fine-tuned model, a plain or merged model, or the rule-based
+extractor) with the canonicaliser, and never trusts what the backend says:
+
+- a request that is not text, is empty, or is longer than `max_prompt_chars` is refused with an
+  error result, and the backend is not called;
+- output that cannot be parsed, or names an unknown action, is an error result with no intents;
+- grounding: an address that does not occur in the request (case-insensitively) is dropped with
+  a warning, so that the intent then lists it as missing; an amount, token, chain or protocol
+  that no span of the request canonicalises to is kept but flagged with a warning;
+- the canonicaliser's warnings (bad EIP-55 checksum, unknown chain) are passed through.
+
+`extract` and `extract_batch` never raise on any input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brianft.data.spans import SpanFinder
+from brianft.infer import Prediction, decode_prediction
+from brianft.normalize import Canonicalizer
+from brianft.schema import Example, Intent
+
+RULES = "rules"
+DEFAULT_RUN = Path("runs/default")
+# Fields whose canonical value must come from some span of the request (else: a warning).
+_SPAN_FIELDS = ("token1", "token2", "amount", "amount_out", "chain", "dest_chain", "protocol")
+
+# A backend turns requests into raw output text (target format or JSON), one per request, in order.
+Backend = Callable[[list[str], int, int], list[str]]  # (requests, batch_size, max_new_tokens)
+
+
+@dataclass
+class ExtractionResult:
+    prompt: Any
+    intents: list[dict[str, str]] = field(default_factory=list)
+    missing: list[list[str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    output: str | None = field(default=None, repr=False)  # the backend's raw text, for debugging
+
+    def to_dict(self) -> dict[str, Any]:
+        prompt = self.prompt if isinstance(self.prompt, str) else repr(self.prompt)
+        prompt = prompt.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> "?"
+        out: dict[str, Any] = {
+            "prompt": prompt,
+            "intents": self.intents,
+            "missing": self.missing,
+            "warnings": self.warnings,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    def prediction(self) -> Prediction:
+        """The result as the evaluator's Prediction (canonical Intent objects)."""
+        intents = [Intent(**intent) for intent in self.intents]
+        return Prediction(text=self.output or "", intents=intents, warnings=self.warnings, error=self.error)
+
+
+class Extractor:
+    def __init__(
+        self,
+        backend: Backend,
+        canonicalizer: Canonicalizer | None = None,
+        *,
+        max_prompt_chars: int = 1000,
+        max_new_tokens: int = 96,
+        batch_size: int = 16,
+        source: str = "",
+    ) -> None:
+        self.backend = backend
+        self.canonicalizer = canonicalizer or Canonicalizer.default()
+        self.max_prompt_chars = max_prompt_chars
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.source = source
+        self._spans = SpanFinder(self.canonicalizer)
+
+    # ----------------------------------------------------------------------- constructors
+
+    @classmethod
+    def from_run(cls, run_dir: Path | str, **kwargs: Any) -> Extractor:
+        """A finished training run: base model + LoRA adapter, with the run's registry and limits."""
+        from brianft.config import ConfigError, load_config
+        from brianft.model import ModelLoadError, load_run
+        from brianft.normalize import Registry
+
+        run_dir = Path(run_dir)
+        loaded = load_run(run_dir)  # checks the run first, with a clear message
+        try:
+            cfg = load_config(run_dir / "config.yaml")
+        except ConfigError as exc:  # pragma: no cover - load_run already read it
+            raise ModelLoadError(f"run {run_dir}: {exc}") from exc
+        kwargs.setdefault("max_prompt_chars", cfg.data.max_prompt_chars)
+        kwargs.setdefault("max_new_tokens", cfg.train.max_new_tokens)
+        canonicalizer = Canonicalizer(Registry.load(cfg.data.registry_dirs))
+        return cls(_model_backend(loaded), canonicalizer, source=loaded.source, **kwargs)
+
+    @classmethod
+    def from_model_dir(cls, path: Path | str, **kwargs: Any) -> Extractor:
+        """A model directory without an adapter: a merged export, or a base model alone."""
+        from brianft.config import ModelConfig
+        from brianft.model import load_base_model
+
+        loaded = load_base_model(ModelConfig(base=str(path)))
+        loaded.model.eval()
+        return cls(_model_backend(loaded), kwargs.pop("canonicalizer", None), source=loaded.source, **kwargs)
+
+    @classmethod
+    def rules(cls, canonicalizer: Canonicalizer | None = None, **kwargs: Any) -> Extractor:
+        """The rule-based extractor: no model, deterministic."""
+        from brianft.rules import RulesExtractor
+
+        rules = RulesExtractor(canonicalizer)
+
+        def backend(requests: list[str], _batch_size: int, _max_new_tokens: int) -> list[str]:
+            return [rules.extract_text(request) for request in requests]
+
+        return cls(backend, rules.canonicalizer, source="rules", **kwargs)
+
+    @classmethod
+    def load(cls, spec: str | Path = DEFAULT_RUN, **kwargs: Any) -> Extractor:
+        """`rules`, a training run directory, or a (merged) model directory."""
+        if str(spec) == RULES:
+            return cls.rules(**kwargs)
+        path = Path(spec)
+        if path.is_dir() and not (path / "adapter").exists() and (path / "config.json").is_file():
+            return cls.from_model_dir(path, **kwargs)
+        return cls.from_run(path, **kwargs)
+
+    # ----------------------------------------------------------------------- extraction
+
+    def extract(self, text: Any) -> ExtractionResult:
+        return self.extract_batch([text])[0]
+
+    def extract_batch(self, texts: Sequence[Any]) -> list[ExtractionResult]:
+        """One result per text, in order. Refused texts never reach the backend."""
+        results: list[ExtractionResult | None] = [None] * len(texts)
+        accepted: list[int] = []
+        for index, text in enumerate(texts):
+            if (problem := self.refusal(text)) is not None:
+                results[index] = ExtractionResult(prompt=text, error=problem)
+            else:
+                accepted.append(index)
+        if accepted:
+            outputs = self.backend([texts[i] for i in accepted], self.batch_size, self.max_new_tokens)
+            if len(outputs) != len(accepted):
+                raise RuntimeError(f"backend returned {len(outputs)} outputs for {len(accepted)} requests")
+            for index, output in zip(accepted, outputs, strict=True):
+                results[index] = self.decode(texts[index], output)
+        return results  # type: ignore[return-value]
+
+    def refusal(self, text: Any) -> str | None:
+        """Why a request is refused before any model call, or None."""
+        if not isinstance(text, str):
+            return f"the request must be text, got {type(text).__name__}"
+        if not text.strip():
+            return "the request is empty"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "the request is not valid Unicode text (it holds a lone surrogate)"
+        if len(text) > self.max_prompt_chars:
+            return f"the request is {len(text)} characters long; the limit is {self.max_prompt_chars}"
+        return None
+
+    def decode(self, prompt: str, output: Any) -> ExtractionResult:
+        """Parse, canonicalise and ground the backend's raw output for `prompt`."""
+        prediction = decode_prediction(output if isinstance(output, str) else "", self.canonicalizer)
+        raw = output if isinstance(output, str) else None
+        if prediction.error is not None:
+            return ExtractionResult(
+                prompt=prompt,
+                warnings=list(prediction.warnings),
+                error=f"malformed model output: {prediction.error}",
+                output=raw,
+            )
+        intents, warnings = ground(prompt, prediction.intents, self._spans)
+        return ExtractionResult(
+            prompt=prompt,
+            intents=[intent.to_dict() for intent in intents],
+            missing=[intent.missing() for intent in intents],
+            warnings=[*prediction.warnings, *warnings],
+            output=raw,
+        )
+
+
+def ground(prompt: str, intents: Sequence[Intent], spans: SpanFinder) -> tuple[list[Intent], list[str]]:
+    """Drop addresses absent from the request; flag values no span of it supports."""
+    out: list[Intent] = []
+    warnings: list[str] = []
+    for number, intent in enumerate(intents, start=1):
+        if intent.address is not None and not _mentions(prompt, intent.address):
+            warnings.append(
+                f"intent {number}: address {intent.address!r} does not occur in the request; "
+                "dropped (ask the user for it)"
+            )
+            intent = intent.model_copy(update={"address": None})
+        for name in _SPAN_FIELDS:
+            value = getattr(intent, name)
+            if value is not None and spans.find(prompt, name, value) is None:
+                warnings.append(
+                    f"intent {number}: {name} {value!r} is not stated in the request; check it before executing"
+                )
+        out.append(intent)
+    return out, warnings
+
+
+def _mentions(prompt: str, address: str) -> bool:
+    """Whether `address` occurs in `prompt` as a whole word, case-insensitively ("a.eth" is not
+    in "aa.eth", "0xab...cd" is not in a longer hex string)."""
+    pattern = rf"(?<![\w.\-]){re.escape(address)}(?![\w\-]|\.\w)"
+    return re.search(pattern, prompt, flags=re.IGNORECASE) is not None
+
+
+def _model_backend(loaded) -> Backend:
+    from brianft.infer import generate_texts
+
+    def backend(requests: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+        return generate_texts(
+            loaded.model,
+            loaded.tokenizer,
+            requests,
+            is_seq2seq=loaded.is_seq2seq,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
+
+    return backend
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_requests(path: Path) -> list[str]:
+    """Requests of a file: `.jsonl` with a "prompt" field per line, else one request a line.
+    Blank lines are skipped; a bad JSONL line raises ValueError with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text: {exc}") from exc
+    if path.suffix.lower() != ".jsonl":
+        return [line for line in lines if line.strip()]
+    requests = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ValueError(f'{path}:{number}: expected an object with a "prompt" string')
+        requests.append(record["prompt"])
+    return requests
+
+
+def check_writable(path: Path, *, overwrite: bool) -> None:
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
+def write_results(path: Path, results: Sequence[ExtractionResult], *, overwrite: bool = False) -> int:
+    """One JSON line per result, written atomically; refuses to replace a file unless told to."""
+    path = Path(path)
+    check_writable(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for result in results:
+            handle.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return len(results)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_extractor(extractor: Extractor, examples: Sequence[Example]) -> dict:
+    """detailed_metrics of the extractor on labelled examples, by real extraction. Each batch is
+    timed; a request's latency is its batch's time divided by the batch size."""
+    from brianft.evaluate import detailed_metrics
+
+    predictions: list[Prediction] = []
+    latencies: list[float] = []
+    size = max(1, extractor.batch_size)
+    for start in range(0, len(examples), size):
+        batch = [example.prompt for example in examples[start : start + size]]
+        began = time.perf_counter()
+        results = extractor.extract_batch(batch)
+        elapsed = time.perf_counter() - began
+        predictions += [result.prediction() for result in results]
+        latencies += [elapsed / len(batch)] * len(batch)
+    return detailed_metrics(examples, predictions, latencies)

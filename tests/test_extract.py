@@ -1,0 +1,239 @@
+"""The safe extraction API: refusals, malformed output, grounding, and a tiny trained run."""
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from brianft.extract import ExtractionResult, Extractor
+
+GOOD_ADDRESS = "0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96045"
+BAD_CHECKSUM = "0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96046"
+KEYS = {"prompt", "intents", "missing", "warnings"}
+
+
+class FakeBackend:
+    """Answers every request with a fixed output and records what it was asked."""
+
+    def __init__(self, output="none"):
+        self.output = output
+        self.calls = []
+
+    def __call__(self, requests, batch_size, max_new_tokens):
+        self.calls.append(list(requests))
+        return [self.output(r) if callable(self.output) else self.output for r in requests]
+
+
+@pytest.fixture(scope="module")
+def canonicalizer():
+    from brianft.normalize import Canonicalizer
+
+    return Canonicalizer.default()
+
+
+def fake(canonicalizer, output="none", **kwargs):
+    backend = FakeBackend(output)
+    return Extractor(backend, canonicalizer, **kwargs), backend
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("   \n\t ", "empty"),
+        (None, "must be text"),
+        (42, "must be text"),
+        (b"swap 1 eth", "must be text"),
+        ("x" * 1001, "1001 characters"),
+        ("send \ud800 eth", "not valid Unicode"),
+    ],
+)
+def test_bad_requests_are_refused_without_a_model_call(canonicalizer, text, message):
+    extractor, backend = fake(canonicalizer, "swap; token1=eth; token2=usdc; amount=1")
+    result = extractor.extract(text)
+    assert result.error is not None and message in result.error
+    assert result.intents == [] and result.missing == []
+    assert backend.calls == []
+    assert set(result.to_dict()) == KEYS | {"error"}
+
+
+def test_limit_is_configurable_and_inclusive(canonicalizer):
+    extractor, backend = fake(canonicalizer, max_prompt_chars=20)
+    assert extractor.extract("x" * 20).error is None
+    assert "limit is 20" in extractor.extract("x" * 21).error
+    assert backend.calls == [["x" * 20]]
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["swap 1 eth please", "launch; token1=eth", '{"completion": 5}', "", "transfer; token1=eth; amount=1; oops"],
+)
+def test_malformed_output_is_an_error_with_no_intents(canonicalizer, output):
+    extractor, _ = fake(canonicalizer, output)
+    result = extractor.extract("swap 1 eth for usdc")
+    assert result.error is not None and result.error.startswith("malformed model output: ")
+    assert len(result.error) > len("malformed model output: ")
+    assert result.intents == [] and result.missing == []
+    assert "error" in result.to_dict()
+
+
+def test_no_intent_is_not_an_error(canonicalizer):
+    extractor, _ = fake(canonicalizer, "none")
+    result = extractor.extract("how do I make an omelette?")
+    assert result.error is None and result.intents == [] and result.to_dict().keys() == KEYS
+
+
+def test_batch_keeps_order_and_skips_refused(canonicalizer):
+    extractor, backend = fake(canonicalizer, lambda r: f"transfer; token1=eth; amount={r.split()[1]}; address=bob.eth")
+    texts = ["send 1 eth to bob.eth", "", "send 2 eth to bob.eth", 7, "send 3 eth to bob.eth"]
+    results = extractor.extract_batch(texts)
+    assert [r.prompt for r in results] == texts
+    assert [r.intents[0]["amount"] if r.intents else None for r in results] == ["1", None, "2", None, "3"]
+    assert [r.error is None for r in results] == [True, False, True, False, True]
+    assert backend.calls == [["send 1 eth to bob.eth", "send 2 eth to bob.eth", "send 3 eth to bob.eth"]]
+    assert extractor.extract_batch([]) == []
+
+
+# --------------------------------------------------------------------------- grounding
+
+
+def test_invented_address_is_dropped_and_then_missing(canonicalizer):
+    extractor, _ = fake(canonicalizer, "transfer; token1=eth; amount=1; address=alice.eth")
+    result = extractor.extract("send 1 eth to bob.eth")
+    assert result.error is None
+    assert result.intents == [{"action": "transfer", "token1": "ETH", "amount": "1"}]
+    assert result.missing == [["address"]]
+    assert any("alice.eth" in w and "dropped" in w for w in result.warnings)
+
+
+def test_invented_hex_address_is_dropped(canonicalizer):
+    other = "0x" + "1" * 40
+    extractor, _ = fake(canonicalizer, f"transfer; token1=eth; amount=1; address={other}")
+    result = extractor.extract(f"send 1 eth to {GOOD_ADDRESS}")
+    assert "address" not in result.intents[0] and result.missing == [["address"]]
+    # a prefix of a written address is not the address either
+    extractor, _ = fake(canonicalizer, "transfer; token1=eth; amount=1; address=a.eth")
+    assert extractor.extract("send 1 eth to aa.eth").missing == [["address"]]
+
+
+def test_address_written_in_other_case_is_grounded(canonicalizer):
+    extractor, _ = fake(canonicalizer, f"transfer; token1=eth; amount=1; address={GOOD_ADDRESS.lower()}")
+    result = extractor.extract(f"Send 1 ETH to {GOOD_ADDRESS}.")
+    assert result.intents[0]["address"] == GOOD_ADDRESS.lower()
+    assert result.missing == [[]] and result.warnings == []
+    extractor, _ = fake(canonicalizer, "transfer; token1=eth; amount=1; address=Bob.eth")
+    assert extractor.extract("send 1 eth to BOB.ETH!").intents[0]["address"] == "bob.eth"
+
+
+def test_unsupported_amount_and_token_are_kept_but_flagged(canonicalizer):
+    extractor, _ = fake(canonicalizer, "swap; token1=dai; token2=usdc; amount=500; chain=base")
+    result = extractor.extract("swap 50 eth for usdc")
+    assert result.intents == [{"action": "swap", "token1": "DAI", "token2": "USDC", "amount": "500", "chain": "base"}]
+    flagged = " ".join(result.warnings)
+    assert "token1 'DAI'" in flagged and "amount '500'" in flagged and "chain 'base'" in flagged
+    assert "token2" not in flagged
+
+
+def test_supported_raw_spans_are_not_flagged(canonicalizer):
+    output = "swap; token1=usdc; token2=eth; amount=2.5k; chain=Arbitrum One"
+    extractor, _ = fake(canonicalizer, output)
+    result = extractor.extract("swap 2.5k USDC for ether on arbitrum one")
+    assert result.warnings == [] and result.error is None
+    assert result.intents[0]["amount"] == "2500" and result.intents[0]["chain"] == "arbitrum"
+
+
+def test_checksum_and_unknown_chain_warnings_pass_through(canonicalizer):
+    extractor, _ = fake(canonicalizer, f"transfer; token1=eth; amount=1; address={BAD_CHECKSUM}; chain=zorbchain")
+    result = extractor.extract(f"send 1 eth to {BAD_CHECKSUM} on zorbchain")
+    assert result.intents[0]["address"] == BAD_CHECKSUM  # never silently fixed
+    assert any("EIP-55" in w for w in result.warnings)
+    assert any("unknown chain" in w for w in result.warnings)
+
+
+def test_to_dict_shape():
+    result = ExtractionResult(prompt="p", intents=[{"action": "wrap", "amount": "1"}], missing=[[]])
+    assert result.to_dict() == {
+        "prompt": "p",
+        "intents": [{"action": "wrap", "amount": "1"}],
+        "missing": [[]],
+        "warnings": [],
+    }
+    assert ExtractionResult(prompt="p", error="bad").to_dict()["error"] == "bad"
+
+
+# --------------------------------------------------------------------------- rules backend
+
+
+@pytest.fixture(scope="module")
+def rules_extractor():
+    return Extractor.rules()
+
+
+def test_rules_extractor(rules_extractor):
+    result = rules_extractor.extract("swap 2.5k USDC for eth on Arbitrum One and send it to Bob.eth")
+    assert result.error is None
+    assert [i["action"] for i in result.intents] == ["swap", "transfer"]
+    assert result.missing == [[], ["amount"]]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.one_of(
+        st.text(max_size=300),
+        st.text(st.characters(min_codepoint=0xD700, max_codepoint=0xE100, exclude_categories=()), max_size=20),
+        st.none(),
+        st.integers(),
+        st.binary(max_size=20),
+    )
+)
+def test_rules_extract_never_raises(rules_extractor, text):
+    result = rules_extractor.extract(text)
+    assert isinstance(result, ExtractionResult)
+    assert (result.error is None) or result.intents == []
+    assert len(result.missing) == len(result.intents)
+    json.dumps(result.to_dict(), ensure_ascii=False).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- a real (tiny) run
+
+
+def test_tiny_run_extracts_in_order(tiny_llama_dir, tmp_path):
+    from brianft.config import load_config
+    from brianft.train import train
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        None,
+        [
+            f"model.base={tiny_llama_dir}",
+            f"train.output_dir={run_dir}",
+            "data.curated=false",
+            "data.synthetic_train=16",
+            "data.synthetic_test=4",
+            "train.batch_size=8",
+            "train.max_steps=2",
+            "train.eval_examples=2",
+            "train.eval_batch_size=2",
+            "train.max_new_tokens=8",
+            "train.threads=1",
+            "train.test_eval=false",
+            "model.lora.r=4",
+        ],
+    )
+    train(cfg)
+    extractor = Extractor.from_run(run_dir, batch_size=2, max_new_tokens=8)
+    requests = ["swap 1 eth for usdc on base", "", "send 5 dai to bob.eth", "bridge 100 usdt from ethereum to base"]
+    results = extractor.extract_batch(requests)
+    assert [r.prompt for r in results] == requests
+    assert results[1].error == "the request is empty"
+    for result in results:
+        assert KEYS <= set(result.to_dict()) <= KEYS | {"error"}
+        assert len(result.missing) == len(result.intents)
+        if result.error is not None:
+            assert result.intents == []
+    # a single extract agrees with the batch (greedy decoding)
+    assert extractor.extract(requests[2]).to_dict() == results[2].to_dict()

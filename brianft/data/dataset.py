@@ -114,6 +114,9 @@ def build_splits(config: DataConfig, canonicalizer: Canonicalizer) -> Splits:
             canonicalizer=canonicalizer,
         )
         test += [e for e in held_out if keep(e)]
+    # Hand-written requests carry the phrasing variety templates lack; repeating them weighs
+    # them more without letting any prompt cross into another split.
+    train += [e for e in train if e.source == "curated"] * (config.curated_repeat - 1)
     finder = SpanFinder(canonicalizer)
     splits.train = [finder.with_raw(e) for e in train]
     splits.validation = [finder.with_raw(e) for e in validation]

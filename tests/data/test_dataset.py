@@ -148,3 +148,11 @@ def test_corrupt_user_file_is_reported(tmp_path, canonicalizer):
     path.write_text('{"prompt": "x", "intents": [{"action": "swap", "amount": "lots"}]}\n')
     with pytest.raises(ValueError, match="line 1"):
         build_splits(DataConfig(curated=False, files=[path], synthetic_train=0, synthetic_test=0), canonicalizer)
+
+
+def test_curated_repeat_weighs_curated_training_examples_only(canonicalizer, splits):
+    config = DataConfig(synthetic_train=600, synthetic_test=120, curated_repeat=3)
+    repeated = build_splits(config, canonicalizer)
+    curated_train = [e for e in splits.train if e.source == "curated"]
+    assert len(repeated.train) == len(splits.train) + 2 * len(curated_train)
+    assert repeated.validation == splits.validation and repeated.test == splits.test

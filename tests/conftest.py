@@ -212,3 +212,29 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
     )
     torch.manual_seed(0)
     return _save(tmp_path_factory.mktemp("tiny-t5"), T5ForConditionalGeneration(config), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tiny_llama_dir, tmp_path_factory) -> Path:
+    """A finished two-step training run of the tiny Llama (its outputs are nonsense, its shape is real)."""
+    from brianft.config import load_config
+    from brianft.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
+    overrides = [
+        f"model.base={tiny_llama_dir}",
+        f"train.output_dir={run_dir}",
+        "data.curated=false",
+        "data.synthetic_train=16",
+        "data.synthetic_test=4",
+        "train.batch_size=8",
+        "train.max_steps=2",
+        "train.eval_examples=2",
+        "train.eval_batch_size=2",
+        "train.max_new_tokens=8",
+        "train.threads=1",
+        "train.test_eval=false",
+        "model.lora.r=4",
+    ]
+    train(load_config(None, overrides))
+    return run_dir

@@ -115,27 +115,8 @@ def test_evaluate_needs_a_model_or_baseline(tmp_path):
     assert runner.invoke(app, ["evaluate", "--data", str(data), "--baseline", "gpt"]).exit_code == 2
 
 
-def test_predict_and_evaluate_with_a_tiny_run(tiny_llama_dir, tmp_path):
-    from brianft.config import load_config
-    from brianft.train import train
-
-    run_dir = tmp_path / "run"
-    overrides = [
-        f"model.base={tiny_llama_dir}",
-        f"train.output_dir={run_dir}",
-        "data.curated=false",
-        "data.synthetic_train=16",
-        "data.synthetic_test=4",
-        "train.batch_size=8",
-        "train.max_steps=2",
-        "train.eval_examples=2",
-        "train.eval_batch_size=2",
-        "train.max_new_tokens=8",
-        "train.threads=1",
-        "train.test_eval=false",
-        "model.lora.r=4",
-    ]
-    train(load_config(None, overrides))
+def test_predict_and_evaluate_with_a_tiny_run(tiny_llama_dir, tiny_run_dir, tmp_path):
+    run_dir = tiny_run_dir
     result = runner.invoke(app, ["predict", "--model", str(run_dir), "swap 1 eth for usdc"])
     assert result.exit_code in (0, 1), result.output  # a 2-step model may well emit nonsense
     assert json.loads(result.stdout)["prompt"] == "swap 1 eth for usdc"

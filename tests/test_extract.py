@@ -201,30 +201,8 @@ def test_rules_extract_never_raises(rules_extractor, text):
 # --------------------------------------------------------------------------- a real (tiny) run
 
 
-def test_tiny_run_extracts_in_order(tiny_llama_dir, tmp_path):
-    from brianft.config import load_config
-    from brianft.train import train
-
-    run_dir = tmp_path / "run"
-    cfg = load_config(
-        None,
-        [
-            f"model.base={tiny_llama_dir}",
-            f"train.output_dir={run_dir}",
-            "data.curated=false",
-            "data.synthetic_train=16",
-            "data.synthetic_test=4",
-            "train.batch_size=8",
-            "train.max_steps=2",
-            "train.eval_examples=2",
-            "train.eval_batch_size=2",
-            "train.max_new_tokens=8",
-            "train.threads=1",
-            "train.test_eval=false",
-            "model.lora.r=4",
-        ],
-    )
-    train(cfg)
+def test_tiny_run_extracts_in_order(tiny_run_dir):
+    run_dir = tiny_run_dir
     extractor = Extractor.from_run(run_dir, batch_size=2, max_new_tokens=8)
     requests = ["swap 1 eth for usdc on base", "", "send 5 dai to bob.eth", "bridge 100 usdt from ethereum to base"]
     results = extractor.extract_batch(requests)

@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/brianft run
+	$(BIN)/brianft run $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

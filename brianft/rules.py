@@ -907,6 +907,11 @@ def _token_and_amount(clause: _Clause, skip_cues: Sequence[str] = (), skip: Sequ
     token; the amount is that token's, else an amount written alone ("repay 300 on spark")."""
     tokens = [t for t in clause.tokens() if t.cue not in skip_cues and t.index not in skip]
     token = next((t for t in tokens if t.amount is not None), tokens[0] if tokens else None)
+    return _token1_with_amount(clause, token)
+
+
+def _token1_with_amount(clause: _Clause, token) -> dict[str, str]:
+    """token1, and the amount written with it, else an amount written alone in the clause."""
     fields: dict[str, str] = {}
     _put(fields, "token1", token)
     if token is not None and token.amount is not None:
@@ -971,12 +976,7 @@ def _approve(
     if token is None and names:
         spender_first = address is None and spender_span is None and verb in _SPENDER_FIRST_VERBS
         token = names[1] if spender_first and len(names) > 1 else names[0]
-    fields: dict[str, str] = {}
-    _put(fields, "token1", token)
-    if token is not None and token.amount is not None:
-        fields["amount"] = token.amount.raw
-    elif amount := clause.first("amount"):
-        fields["amount"] = amount.raw
+    fields = _token1_with_amount(clause, token)
     if address is not None:
         fields["address"] = address.raw
     elif spender_span is not None:

@@ -448,6 +448,8 @@ _FAMILY_LIST: list[Family] = [
         "(swap|trade) {qty} (for|to) {tok2} (on|using) {chain}",
         "make a swap: {qty} (to|for) {tok2}" + _ON,
         "{qty} (->|to) {tok2}" + _ON,
+        "ape into {tok2} with {qty}" + _ON,
+        "spend {qty}" + _ON + " buying {tok2}",
     )),
     _single("swap_sell", S, (
         "<please>(sell|dump) {qty} (for|to|into) {tok2}" + _ON,
@@ -487,6 +489,10 @@ _FAMILY_LIST: list[Family] = [
         "take {qty} from {chain} (over to|to) {dest}",
         "from {chain} to {dest}: bridge {qty}",
         "i need {qty} moved from {chain} to {dest}",
+        "teleport {qty} from {chain} onto {dest}",
+        "bring {qty} across from {chain} (to|onto) {dest}",
+        "i need {qty} on {dest}, bridge it across from {chain}",
+        "get {qty} from {chain} into {dest}",
     )),
     _single("bridge_to", B, (
         "<please>bridge {qty} to {dest}",
@@ -515,6 +521,9 @@ _FAMILY_LIST: list[Family] = [
         "[on {chain}, ](send|transfer) {qty} [over ]to {addr}",
         "i want to send {qty} to {addr}",
         "(send|transfer) {qty} on {chain} to {addr}",
+        "to {addr}: (wire|push|move) {qty}" + _ON,
+        "{addr} should get {qty}, (shoot|zap|wire) it over" + _ON,
+        "fire {qty} off to {addr}" + _ON,
     )),
     _single("transfer_tip", T, (
         "tip {addr} {qty}" + _ON,
@@ -552,6 +561,10 @@ _FAMILY_LIST: list[Family] = [
         "(show|tell) me my {tok} balance" + _ON,
         "[on {chain}, ]how much {tok} have i got?",
         "{tok} balance" + _ON + "?",
+        "is there any {tok} left in my wallet" + _ON + "?",
+        "(list|show) the tokens in my wallet" + _ON,
+        "what {tok} holdings do i have" + _ON + "?",
+        "give me all my balances" + _ON,
     )),
     _single("balance_of_address", BAL, (
         "how much {tok} does {addr} (have|hold)" + _ON + "?",
@@ -576,6 +589,7 @@ _FAMILY_LIST: list[Family] = [
         "(allow|let) {proto} (to spend|spend|use) {qty}" + _ON,
         "approve {proto} for {qty}",
         "[on {chain}, ]approve {qty} to be spent by {proto}",
+        "{proto} needs a bigger allowance, (raise|increase) it to {qty}" + _ON,
     ), proto="spender", qty="allowance"),
     _single("approve_address", Action.APPROVE, (
         "approve {addr} to spend {qty}" + _ON,
@@ -583,7 +597,9 @@ _FAMILY_LIST: list[Family] = [
         "(allow|authorize) {addr} to (spend|use|move) {qty}" + _ON,
         "approve spender {addr} for {qty}",
         "grant {addr} approval for {qty}" + _ON,
-    ), qty="allowance"),
+        "give {addr} permission to spend {qty}" + _ON,
+        "set {addr}'s {tok} allowance to {amt}" + _ON,
+    ), qty="allowance", amt="allowance"),
     _single("approve_allowance", Action.APPROVE, (
         "set (an|the|my) {tok} allowance (for|of) {proto} to {amt}",
         "set (an|the) allowance of {qty} for {addr}",
@@ -611,6 +627,12 @@ _FAMILY_LIST: list[Family] = [
         "wrap up {qty} as weth",
         "make {qty} into weth" + _ON,
     ), tok="eth", qty="num"),
+    _single("wrap_to_weth", Action.WRAP, (
+        "(make|i need) (weth|wrapped eth|wrapped ether) (from|out of) {qty}" + _ON,
+        "[on {chain}, ](turn|convert|change) {qty} into its wrapped (form|version)",
+        "{tok} -> weth, amount {amt}" + _ON,
+        "get {qty} wrapped up" + _ON,
+    ), tok="eth", qty="num"),
     _single("unwrap_basic", Action.UNWRAP, (
         "<please>unwrap {qty}" + _ON,
         "[on {chain}, ]unwrap {qty}",
@@ -622,6 +644,12 @@ _FAMILY_LIST: list[Family] = [
         "{qty} -> eth" + _ON,
         "get {qty} back to plain eth",
     ), tok="weth"),
+    _single("unwrap_to_eth", Action.UNWRAP, (
+        "i (need|want) plain (eth|ether) (from|out of) {qty}" + _ON,
+        "[on {chain}, ](turn|convert|change) {qty} back into its unwrapped form",
+        "{tok} -> eth, amount {amt}" + _ON,
+        "get {qty} unwrapped" + _ON,
+    ), tok="weth"),
     # ---- lending
     _single("deposit_basic", Action.DEPOSIT, (
         "<please>deposit {qty} (into|in|to) {proto}" + _ON,
@@ -630,6 +658,7 @@ _FAMILY_LIST: list[Family] = [
         "(deposit|put) {qty} (in|on) {proto} {chain}",
         "deposit {qty}" + _ON,
         "(deposit|put) {qty} as collateral (on|in) {proto}",
+        "deposit {qty} (in|into) {proto} to earn (yield|interest)" + _ON,
     ), tok="lend"),
     _single("deposit_supply", Action.DEPOSIT, (
         "<please>supply {qty} to {proto}" + _ON,
@@ -637,6 +666,8 @@ _FAMILY_LIST: list[Family] = [
         "(add|provide) {qty} (to|on) {proto} as collateral",
         "supply {qty}" + _ON,
         "[on {chain}, ]supply {qty} (to|into) {proto}",
+        "supply {qty} (through|via|using) {proto}" + _ON,
+        "supply {qty} to {proto} and lend it out",
     ), tok="lend"),
     _single("deposit_lend", Action.DEPOSIT, (
         "lend {qty} on {proto}" + _ON,
@@ -663,13 +694,20 @@ _FAMILY_LIST: list[Family] = [
         "get {qty} out of {proto}" + _ON,
         "remove {qty} from [my ]{proto} (position|deposit)",
     ), tok="lend"),
+    _single("withdraw_take_out", Action.WITHDRAW, (
+        "from {proto}" + _ON + ", (take out|pull out|redeem|remove) {qty}",
+        "get my {qty} back from {proto}" + _ON,
+        "redeem {qty} (on|at) {proto}" + _ON,
+    ), tok="lend"),
     _single("withdraw_missing", Action.WITHDRAW, (
         "withdraw (my |){tok} from {proto}" + _ON,
         "withdraw from {proto}" + _ON,
         "withdraw some {tok}",
     ), kind="missing", tok="lend"),
     _single("borrow_basic", Action.BORROW, (
-        "<please>borrow {qty} (from|on) {proto}" + _ON,
+        # <please> without "i need to ": "i need to borrow {qty} from {proto}" is held-out text (borrow_take_loan)
+        "(||||please |pls |can you |could you |i want to |i'd like to |help me |go ahead and |kindly |let's "
+        "|could you please )borrow {qty} (from|on) {proto}" + _ON,
         "[on {chain}, ]borrow {qty} (from|on|against my collateral on) {proto}",
         "borrow {qty}" + _ON,
         "borrow {qty} against my (eth|collateral)[ on {proto}]",
@@ -680,6 +718,12 @@ _FAMILY_LIST: list[Family] = [
         "i need to borrow {qty}[ from {proto}]",
         "take a {qty} loan on {proto}",
         "open a {tok} loan of {amt} on {proto}",
+    ), tok="borrow", qty="num"),
+    _single("borrow_open_loan", Action.BORROW, (
+        "(open|take out) a loan on {proto}" + _ON + " for {qty}",
+        "i'd like a loan of {qty} (on|at) {proto}" + _ON,
+        "get {qty} (as a loan|on credit) from {proto}" + _ON,
+        "on {proto}, i need (credit|a loan) for {qty}",
     ), tok="borrow", qty="num"),
     _single("repay_basic", Action.REPAY, (
         "<please>repay {qty} (on|to) {proto}" + _ON,
@@ -695,12 +739,20 @@ _FAMILY_LIST: list[Family] = [
         "return {qty} i borrowed (from|on) {proto}",
         "pay down {qty} on {proto}" + _ON,
     ), tok="borrow"),
+    _single("repay_debt", Action.REPAY, (
+        "(clear|settle) my {proto} debt with {qty}" + _ON,
+        "my {proto} loan: pay (back|off|down) {qty}" + _ON,
+        "i borrowed {qty} (from|on) {proto}" + _ON + ", (pay it back|pay it off|return it)",
+    ), tok="borrow"),
     # ---- staking
     _single("stake_liquid", Action.STAKE, (
         "<please>stake {qty} (with|on|via|using) {proto}" + _ON,
         "[on {chain}, ]stake {qty} (with|on) {proto}",
         "(liquid stake|stake) {qty} (with|through) {proto}",
         "i want to stake {qty} with {proto}",
+        "[on {chain}, ]put {qty} to work on {proto}",
+        "with {proto}, start staking {qty}",
+        "natively stake {qty}" + _ON,
     ), tok="stake", proto="staking"),
     _single("stake_restake", Action.STAKE, (
         "restake {qty} (on|with|via) {proto}" + _ON,
@@ -734,6 +786,12 @@ _FAMILY_LIST: list[Family] = [
         "(unlock|release) {qty} from staking[ on {proto}]",
         "remove {qty} from my {proto} stake",
     ), tok="unstake", proto="unstaking"),
+    _single("unstake_exit", Action.UNSTAKE, (
+        "from {proto}" + _ON + ", (unbond|undelegate|unlock|release) {qty}",
+        "i want to stop staking: (remove|unlock|exit) {qty}[ from {proto}]",
+        "take {qty} out of my stake[ (on|with) {proto}]",
+        "exit staking on {proto} with {qty}",
+    ), tok="unstake", proto="unstaking"),
     # ---- total supply
     _single("total_supply_question", Action.TOTAL_SUPPLY, (
         "what is the total supply of {tok}" + _ON + "?",
@@ -747,6 +805,13 @@ _FAMILY_LIST: list[Family] = [
         "how many {tok} have been minted" + _ON + "?",
         "how big is the {tok} supply" + _ON + "?",
         "how much {tok} is in existence" + _ON,
+    )),
+    _single("total_supply_count", Action.TOTAL_SUPPLY, (
+        "{tok}: how many have been minted" + _ON + "?",
+        "(total amount|number) of {tok} tokens in existence" + _ON,
+        "how big is {tok}'s (total |)supply" + _ON + "?",
+        "count all the {tok} that exist" + _ON,
+        "[on {chain}, ]how much {tok} exists?",
     )),
     # ---- several intents: context stated once applies to each intent it governs; "it" leaves
     # the amount out and fills the token in from the earlier step.
@@ -838,6 +903,7 @@ _FAMILY_LIST: list[Family] = [
     ), (
         "repay {qty} (on|to) {proto}" + _ON + " (then|and) withdraw {qty2}",
         "[on {chain}, ]repay {qty} on {proto}, then withdraw {qty2}",
+        "[on {chain}, ]repay {qty} on {proto} and pull out {qty2}",
     ), tok="borrow", tok2="lend"),
     _multi("multi_approve_deposit", (
         (Action.APPROVE, {"token1": "tok", "amount": "amt", "protocol": "proto", "chain": "chain"}),
@@ -897,6 +963,15 @@ _FAMILY_LIST: list[Family] = [
         "which chains does {proto} support?",
         "how long does it take to bridge from {chain} to {dest}?",
         "what happens if i get liquidated on {proto}?",
+    )),
+    _out_of_scope("oos_sentiment", (
+        "(bullish|bearish) on {tok}( this week| rn|)? what do you think",
+        "{tok} (keeps|is) (pumping|dumping), should i worry?",
+        "how come {tok} (went|keeps going) (up|down)( so fast|)?",
+        "{tok} looking (weak|bullish|strong) to me",
+        "(lost|made) (some |so much |)money trading {tok} (today|this week)",
+        "when's a good time to get into {tok}?",
+        "is {chain} (cheaper|better) than {dest} for gas?",
     )),
     _out_of_scope("oos_market_chat", (
         "{tok} is (pumping|dumping|looking bullish|looking weak) (today|rn|this week)",

@@ -239,3 +239,86 @@ def test_invariants_hold_for_any_seed(seed: int) -> None:
     canonicalizer = gen._default_canonicalizer()
     for example in generate_examples(40, seed, canonicalizer=canonicalizer):
         check_example(example, canonicalizer)
+
+
+# --------------------------------------------------------------------------- held-out vocabulary
+
+# Function words that carry no action vocabulary; everything else a held-out template says must
+# also be said by some training template, so the held-out split tests unseen sentence structures
+# rather than never-seen words.
+STOPWORDS = frozenset(
+    (
+        "a", "an", "the", "to", "of", "for", "on", "in", "at", "by", "from", "with", "and", "or", "as", "my", "me",
+        "i", "it", "its", "is", "are", "be", "been", "do", "does", "this", "that", "some", "there", "your", "you",
+    )
+)  # fmt: skip
+
+
+def template_text(template: str) -> str:
+    """A template with its shared phrases expanded and its slots removed."""
+    template = re.sub(r"<(\w+)>", lambda m: gen.PHRASES[m.group(1)], template)
+    return re.sub(r"\{[^}]*\}", " ", template)
+
+
+def content_words(template: str) -> set[str]:
+    text = template_text(template).lower()
+    words = set(re.findall(r"->|[a-z0-9]+(?:'[a-z]+)?", text))
+    return words - STOPWORDS
+
+
+def expansions(template: str, limit: int = 256) -> set[str]:
+    """Every text a template can produce (slots left as written), or {} when there are too many."""
+    nodes = gen._parse(template)
+
+    def walk(nodes: tuple) -> list[str]:
+        outs = [""]
+        for node in nodes:
+            if isinstance(node, gen._Text):
+                options = [node.text]
+            elif isinstance(node, gen._Slot):
+                options = ["{" + node.name + "}"]
+            elif isinstance(node, gen._Choice):
+                options = [text for option in node.options for text in walk(option)]
+            else:
+                options = ["", *walk(node.body)]
+            outs = [a + b for a in outs for b in options]
+            if len(outs) > limit:
+                raise OverflowError
+        return outs
+
+    try:
+        return {" ".join(text.split()) for text in walk(nodes)}
+    except OverflowError:
+        return set()
+
+
+def training_families_like(family: Family) -> list[Family]:
+    training = [FAMILIES[name] for name in sorted(gen.TRAINING_FAMILIES)]
+    if family.kind in ("multi", "out_of_scope"):
+        return [f for f in training if f.kind == family.kind]
+    return [f for f in training if f.kind in ("single", "missing") and f.action == family.action]
+
+
+def test_held_out_vocabulary_is_covered_in_training() -> None:
+    uncovered = {}
+    for name in sorted(HELD_OUT_FAMILIES):
+        family = FAMILIES[name]
+        known = set().union(*(content_words(t) for f in training_families_like(family) for t in f.templates))
+        missing = set().union(*(content_words(t) for t in family.templates)) - known
+        if missing:
+            uncovered[name] = sorted(missing)
+    assert not uncovered, f"held-out words never seen in training of the same action: {uncovered}"
+
+
+def test_held_out_templates_are_not_in_training() -> None:
+    training_texts: set[str] = set()
+    training_raw: set[str] = set()
+    for name in gen.TRAINING_FAMILIES:
+        for template in FAMILIES[name].templates:
+            training_raw.add(template)
+            training_texts |= expansions(template)
+    for name in HELD_OUT_FAMILIES:
+        for template in FAMILIES[name].templates:
+            assert template not in training_raw, (name, template)
+            shared = expansions(template) & training_texts
+            assert not shared, (name, template, sorted(shared)[:3])

@@ -696,7 +696,7 @@ _FAMILY_LIST: list[Family] = [
     ), tok="lend"),
     _single("withdraw_take_out", Action.WITHDRAW, (
         "from {proto}" + _ON + ", (take out|pull out|redeem|remove) {qty}",
-        "get my {qty} back from {proto}" + _ON,
+        "i want {qty} back from {proto}" + _ON,
         "redeem {qty} (on|at) {proto}" + _ON,
     ), tok="lend"),
     _single("withdraw_missing", Action.WITHDRAW, (
@@ -742,7 +742,7 @@ _FAMILY_LIST: list[Family] = [
     _single("repay_debt", Action.REPAY, (
         "(clear|settle) my {proto} debt with {qty}" + _ON,
         "my {proto} loan: pay (back|off|down) {qty}" + _ON,
-        "i borrowed {qty} (from|on) {proto}" + _ON + ", (pay it back|pay it off|return it)",
+        "i borrowed {amt} {tok} (from|on) {proto}" + _ON + ", (pay it back|pay it off|return it)",
     ), tok="borrow"),
     # ---- staking
     _single("stake_liquid", Action.STAKE, (

@@ -696,7 +696,7 @@ _FAMILY_LIST: list[Family] = [
     ), tok="lend"),
     _single("withdraw_take_out", Action.WITHDRAW, (
         "from {proto}" + _ON + ", (take out|pull out|redeem|remove) {qty}",
-        "i want {qty} back from {proto}" + _ON,
+        "(i want|get) {qty} back from {proto}" + _ON,
         "redeem {qty} (on|at) {proto}" + _ON,
     ), tok="lend"),
     _single("withdraw_missing", Action.WITHDRAW, (

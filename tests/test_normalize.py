@@ -502,10 +502,21 @@ PROTOCOLS = [
     ("Curve Finance", "curve"),
     ("MakerDAO", "maker"),
     ("Kelp DAO", "kelp"),
-    ("Fluid", "fluid"),  # unknown protocols: squashed slug
+    ("Fluid", "fluid"),
+    ("Instadapp Fluid", "fluid"),
     ("Euler v2", "euler"),
-    ("Kamino Finance", "kaminofinance"),
-    ("Gearbox Protocol", "gearboxprotocol"),
+    ("Euler Finance", "euler"),
+    ("Kamino Finance", "kamino"),
+    ("Kamino Lend", "kamino"),
+    ("Moonwell", "moonwell"),
+    ("Seamless Protocol", "seamless"),
+    ("Liquity v2", "liquity"),
+    ("Aerodrome Finance", "aerodrome"),
+    ("Odos", "odos"),
+    ("ParaSwap", "paraswap"),
+    ("Para Swap", "paraswap"),
+    ("Velora", "paraswap"),
+    ("Gearbox Protocol", "gearboxprotocol"),  # unknown protocols: squashed slug
     ("Hawaii", "hawaii"),  # a trailing "ii" inside a word is not a version
     ("Symbiotic", "symbiotic"),
 ]
@@ -764,15 +775,15 @@ def test_packaged_registry_matches_the_schema():
 def test_registry_extra_directory(tmp_path):
     (tmp_path / "tokens.yaml").write_text("moo deng: moodeng\nEther: WETH  # later wins\n")
     (tmp_path / "chains.yaml").write_text("base: [coinbase l2]\nHyperliquid: [hl, Hyper EVM]\n")
-    (tmp_path / "protocols.yaml").write_text("fluid: [instadapp fluid]\nkamino: ~\n")
+    (tmp_path / "protocols.yaml").write_text("gearbox: [gearbox protocol]\nsilo: [silo finance]\n")
     canon = Canonicalizer(Registry.load([tmp_path]))
     # added
     assert canon.token("Moo Deng") == "MOODENG"
     assert canon.chain("Coinbase L2") == "base"
     assert canon.chain("hyper evm") == "hyperliquid"
     assert canon.is_known_chain("hyperliquid")
-    assert canon.protocol("Instadapp Fluid") == "fluid"
-    assert canon.protocol("Kamino") == "kamino"
+    assert canon.protocol("Gearbox Protocol") == "gearbox"
+    assert canon.protocol("Silo Finance") == "silo"
     # overridden
     assert canon.token("ether") == "WETH"
     # packaged entries are still there
@@ -783,6 +794,7 @@ def test_registry_extra_directory(tmp_path):
     # the default canonicaliser is untouched
     assert CANON.chain("coinbase l2") == "coinbase l2"
     assert not CANON.is_known_chain("hyperliquid")
+    assert CANON.protocol("Gearbox Protocol") == "gearboxprotocol"
 
 
 def test_registry_extra_directory_may_hold_some_files_or_none(tmp_path):

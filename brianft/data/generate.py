@@ -117,7 +117,7 @@ PROTOCOL_POOLS: dict[str, tuple[str, ...]] = {
     "spender": (
         "Uniswap", "uniswap", "Uniswap v3", "1inch", "Permit2", "CoW Swap", "Curve", "curve",
         "SushiSwap", "sushi", "PancakeSwap", "Aave", "aave", "Compound", "Morpho", "Balancer",
-        "Pendle", "Paraswap", "Odos",
+        "Pendle", "Paraswap", "Odos", "Aerodrome", "aerodrome",
     ),
 }  # fmt: skip
 

@@ -544,7 +544,7 @@ _FAMILY_LIST: list[Family] = [
         "pay {qty} to {addr}",
         "(reimburse|refund) {addr} {qty}",
         "settle up with {addr}: {qty}",
-        "make a payment of {qty} to {addr}" + _ON,
+        "(make|fire off) a payment of {qty} to {addr}" + _ON,
     )),
     _single("transfer_wire", T, (
         "wire {qty} to {addr}" + _ON,

@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ class JobOptions:
     name: str = "brianft-train"
     publisher: str = "local"  # local, or s3://BUCKET/KEY
     timeout_s: int = 4 * 3600
-    env: tuple[str, ...] = field(default_factory=tuple)  # extra KEY=VALUE for the container
+    env: tuple[str, ...] = ()  # extra KEY=VALUE for the container
 
 
 def cpu_cores(text: str) -> float:
@@ -189,9 +189,9 @@ def job_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
-def submit(job: dict[str, Any], bacalhau: str | None = None) -> int:
+def submit(job: dict[str, Any]) -> int:
     """Run `bacalhau job run FILE` on the job; its exit code. FileNotFoundError if the CLI is missing."""
-    executable = bacalhau or shutil.which("bacalhau")
+    executable = shutil.which("bacalhau")
     if executable is None:
         raise FileNotFoundError(INSTALL_HINT)
     with tempfile.TemporaryDirectory(prefix="brianft-bacalhau-") as tmp:

@@ -75,6 +75,11 @@ OverwriteRunOption = Annotated[
 ]
 
 
+def _run_config_path(config: Path | None) -> Path | None:
+    """The main job's config: the given file, else configs/default.yaml when run from the repository."""
+    return config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+
+
 def _train(cfg: Config, resume: bool, overwrite: bool) -> dict:
     from brianft.train import train
 
@@ -110,7 +115,7 @@ def run(
     """The main job: fine-tune the default model on the default data, evaluate on test, summarise."""
     from brianft.run_report import render_summary
 
-    cfg = _config(config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None), set_)
+    cfg = _config(_run_config_path(config), set_)
     started = time.perf_counter()
     with user_errors():
         metrics = _train(cfg, resume, overwrite)
@@ -349,6 +354,62 @@ def evaluate(
         named[name] = metrics
         console.print(f"{escape(name)}: report written to {escape(str(directory))}", soft_wrap=True)
     console.print(comparison_table(named), markup=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# brianft bacalhau: the deploy stage (brianft/deploy.py)
+
+bacalhau_app = typer.Typer(help="Run the training job on a Bacalhau network.", no_args_is_help=True)
+app.add_typer(bacalhau_app, name="bacalhau")
+
+
+@bacalhau_app.command("job")
+def bacalhau_job(
+    image: Annotated[
+        str | None, typer.Option("--image", help="Docker image; default brianft:VERSION (-cuda with --gpu).")
+    ] = None,
+    gpu: Annotated[int, typer.Option("--gpu", help="GPUs; more than 0 trains on CUDA in the CUDA image.")] = 0,
+    cpu: Annotated[str, typer.Option("--cpu", help="CPU cores: 2, 0.5 or 500m.")] = "2",
+    memory: Annotated[str, typer.Option("--memory", help="Memory: 8gb, 512mb, 16GiB.")] = "8gb",
+    disk: Annotated[str | None, typer.Option("--disk", help="Disk space, like --memory.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    name: Annotated[str, typer.Option("--name", help="Job name.")] = "brianft-train",
+    publisher: Annotated[str, typer.Option("--publisher", help="Results: 'local' or s3://BUCKET/KEY.")] = "local",
+    timeout: Annotated[int, typer.Option("--timeout", help="Execution timeout in seconds.")] = 4 * 3600,
+    env: Annotated[list[str] | None, typer.Option("--env", help="Extra container variable NAME=value.")] = None,
+    submit: Annotated[bool, typer.Option("--submit", help="Run it with `bacalhau job run`, not print it.")] = False,
+) -> None:
+    """Print the Bacalhau job (YAML) that runs the main job in the brianft image, or submit it with --submit.
+
+    The configuration (--config, default configs/default.yaml, plus --set) is validated here and
+    carried in the job as `brianft run --set ...` arguments; the run is published from /outputs/run.
+    """
+    from brianft.deploy import JobOptions, build_job, job_yaml
+    from brianft.deploy import submit as submit_job
+
+    options = JobOptions(
+        image=image,
+        gpu=gpu,
+        cpu=cpu,
+        memory=memory,
+        disk=disk,
+        config=_run_config_path(config),  # the job trains what `brianft run` here would train
+        overrides=tuple(set_ or []),
+        name=name,
+        publisher=publisher,
+        timeout_s=timeout,
+        env=tuple(env or []),
+    )
+    with user_errors():
+        job = build_job(options)
+        if not submit:
+            sys.stdout.write(job_yaml(job))
+            return
+        code = submit_job(job)
+    if code != 0:
+        error_console.print(f"[red]error:[/red] bacalhau job run exited with {code}", highlight=False)
+        raise typer.Exit(code)
 
 
 def main() -> None:

@@ -259,16 +259,25 @@ def data_split(
 
 ModelOption = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="A training run, a (merged) model directory, or 'rules'."),
+    typer.Option(
+        "--model", "-m", help="A training run, a (merged) model directory, 'rules' or 'zero-shot' (base model)."
+    ),
 ]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Requests generated together.")]
+DtypeOption = Annotated[
+    str, typer.Option("--dtype", help="Model weights for inference: auto (bfloat16 where native), float32, bfloat16.")
+]
+DraftOption = Annotated[
+    bool,
+    typer.Option("--draft/--no-draft", help="Verify the rules' guess of each output in bulk (same output, faster)."),
+]
 
 
-def _extractor(model: str, batch_size: int):
+def _extractor(model: str, batch_size: int, dtype: str = "auto", draft: bool = True):
     from brianft.extract import Extractor
 
     with user_errors():
-        return Extractor.load(model, batch_size=batch_size)
+        return Extractor.load(model, batch_size=batch_size, dtype=dtype, draft=draft)
 
 
 @app.command()
@@ -281,6 +290,8 @@ def predict(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL results, one line a request.")] = None,
     overwrite: OverwriteOption = False,
     batch_size: BatchSizeOption = 16,
+    dtype: DtypeOption = "auto",
+    draft: DraftOption = True,
 ) -> None:
     """Extract the intents of a request (printed as JSON) or of every request in a file."""
     from brianft.extract import DEFAULT_RUN, check_writable, read_requests, write_results
@@ -295,7 +306,7 @@ def predict(
         requests = read_requests(input_file) if input_file is not None else [request]
         if output is not None:
             check_writable(output, overwrite=overwrite)
-    extractor = _extractor(model or str(DEFAULT_RUN), batch_size)
+    extractor = _extractor(model or str(DEFAULT_RUN), batch_size, dtype, draft)
     results = extractor.extract_batch(requests)
     if input_file is None:
         sys.stdout.write(json.dumps(results[0].to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -318,42 +329,59 @@ def evaluate(
     model: ModelOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Report directory.")] = None,
     baseline: Annotated[
-        str | None, typer.Option("--baseline", help="Also evaluate a baseline: 'rules' (needs no model).")
+        list[str] | None,
+        typer.Option("--baseline", help="Also evaluate a baseline: 'rules' (no model) or 'zero-shot'; repeatable."),
     ] = None,
     batch_size: BatchSizeOption = 16,
+    dtype: DtypeOption = "auto",
+    draft: DraftOption = True,
 ) -> None:
-    """Score an extractor by real generation on a labelled file: metrics.json, report.md, confusion matrix."""
+    """Score extractors by real generation on a labelled file: metrics.json, report.md, PNGs, and a
+    side-by-side table. The zero-shot baseline uses the base model of --model's run."""
     from brianft.data.io import read_examples
     from brianft.evaluate import comparison_table, write_report
-    from brianft.extract import RULES, evaluate_extractor
+    from brianft.extract import RULES, ZERO_SHOT, evaluate_extractor
 
-    if baseline is not None and baseline != RULES:
-        error_console.print(f"[red]error:[/red] unknown baseline {baseline!r}; the only one is 'rules'")
+    baselines = list(dict.fromkeys(baseline or []))
+    if unknown := [b for b in baselines if b not in (RULES, ZERO_SHOT)]:
+        error_console.print(f"[red]error:[/red] unknown baseline {unknown[0]!r}; use 'rules' or 'zero-shot'")
         raise typer.Exit(2)
-    if model is None and baseline is None:
-        error_console.print("[red]error:[/red] give --model RUN, --baseline rules, or both", highlight=False)
+    if model is None and not baselines:
+        error_console.print("[red]error:[/red] give --model RUN, --baseline rules|zero-shot, or both", highlight=False)
         raise typer.Exit(2)
     systems: list[tuple[str, str, Path]] = []  # (name, model spec, report directory)
     if model is not None:
-        default = Path("evaluation") / RULES if model == RULES else Path(model) / "evaluation"
+        default = Path("evaluation") / model if model in (RULES, ZERO_SHOT) else Path(model) / "evaluation"
         systems.append((model, model, out or default))
-    if baseline is not None:
+    for name in baselines:
         if model is None:
-            systems.append((RULES, RULES, out or Path("evaluation") / RULES))
+            directory = (out / name if len(baselines) > 1 else out) if out else Path("evaluation") / name
+            systems.append((name, name, directory))
         else:
-            systems.append((f"baseline: {RULES}", RULES, systems[0][2] / f"baseline-{RULES}"))
+            systems.append((f"baseline: {name}", name, systems[0][2] / f"baseline-{name}"))
     named: dict[str, dict] = {}
     for name, spec, directory in systems:
-        extractor = _extractor(spec, batch_size)
+        extractor = _baseline_of(model, spec, batch_size, dtype, draft)
         with user_errors():
             examples = read_examples(data, extractor.canonicalizer, mode="validate")
             metrics = evaluate_extractor(extractor, examples)
-            metrics["model"] = spec
+            metrics["model"] = spec if spec != ZERO_SHOT else f"{ZERO_SHOT}: {extractor.source}"
             metrics["data"] = str(data)
             write_report(metrics, directory, f"{name} on {data.name}")
         named[name] = metrics
         console.print(f"{escape(name)}: report written to {escape(str(directory))}", soft_wrap=True)
     console.print(comparison_table(named), markup=False, soft_wrap=True)
+
+
+def _baseline_of(model: str | None, spec: str, batch_size: int, dtype: str, draft: bool):
+    """The extractor for `spec`; a zero-shot baseline next to a run uses that run's base model."""
+    from brianft.extract import ZERO_SHOT, Extractor
+
+    if spec != ZERO_SHOT or model is None or not (Path(model) / "config.yaml").is_file():
+        return _extractor(spec, batch_size, dtype, draft)
+    with user_errors():
+        base = load_config(Path(model) / "config.yaml").model
+        return Extractor.zero_shot(base, batch_size=batch_size, dtype=dtype, draft=draft)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from brianft.normalize import Canonicalizer
 from brianft.schema import Example, Intent
 
 RULES = "rules"
+ZERO_SHOT = "zero-shot"
 DEFAULT_RUN = Path("runs/default")
 # Fields whose canonical value must come from some span of the request (else: a warning).
 _SPAN_FIELDS = ("token1", "token2", "amount", "amount_out", "chain", "dest_chain", "protocol")
@@ -88,8 +89,9 @@ class Extractor:
     # ----------------------------------------------------------------------- constructors
 
     @classmethod
-    def from_run(cls, run_dir: Path | str, **kwargs: Any) -> Extractor:
-        """A finished training run: base model + LoRA adapter, with the run's registry and limits."""
+    def from_run(cls, run_dir: Path | str, *, dtype: str = "auto", draft: bool = True, **kwargs: Any) -> Extractor:
+        """A finished training run: base model + LoRA adapter (merged), with the run's registry and
+        limits. `draft` verifies the rule-based guess of each output in bulk: faster, same output."""
         from brianft.config import ConfigError, load_config
         from brianft.model import ModelLoadError, load_run
         from brianft.normalize import Registry
@@ -103,17 +105,43 @@ class Extractor:
         kwargs.setdefault("max_prompt_chars", cfg.data.max_prompt_chars)
         kwargs.setdefault("max_new_tokens", cfg.train.max_new_tokens)
         canonicalizer = Canonicalizer(Registry.load(cfg.data.registry_dirs))
-        return cls(_model_backend(loaded), canonicalizer, source=loaded.source, **kwargs)
+        backend = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft)
+        return cls(backend, canonicalizer, source=loaded.source, **kwargs)
 
     @classmethod
     def from_model_dir(cls, path: Path | str, **kwargs: Any) -> Extractor:
         """A model directory without an adapter: a merged export, or a base model alone."""
         from brianft.config import ModelConfig
+
+        return cls.from_base_model(ModelConfig(base=str(path)), **kwargs)
+
+    @classmethod
+    def from_base_model(
+        cls,
+        model_cfg: Any,
+        *,
+        dtype: str = "auto",
+        draft: bool = True,
+        few_shot: bool = False,
+        canonicalizer: Canonicalizer | None = None,
+        **kwargs: Any,
+    ) -> Extractor:
+        """The model a `ModelConfig` names, with no adapter. `few_shot` prompts it with worked
+        examples of the output format (the zero-shot baseline) instead of the fine-tuning prompt."""
         from brianft.model import load_base_model
 
-        loaded = load_base_model(ModelConfig(base=str(path)))
-        loaded.model.eval()
-        return cls(_model_backend(loaded), kwargs.pop("canonicalizer", None), source=loaded.source, **kwargs)
+        loaded = load_base_model(model_cfg)
+        canonicalizer = canonicalizer or Canonicalizer.default()
+        backend = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft, few_shot=few_shot)
+        source = f"{loaded.source} (few-shot prompt, no adapter)" if few_shot else loaded.source
+        return cls(backend, canonicalizer, source=source, **kwargs)
+
+    @classmethod
+    def zero_shot(cls, model_cfg: Any = None, **kwargs: Any) -> Extractor:
+        """The base model (default: the bundled one) prompted with a few examples, no adapter."""
+        from brianft.config import ModelConfig
+
+        return cls.from_base_model(model_cfg or ModelConfig(), few_shot=True, **kwargs)
 
     @classmethod
     def rules(cls, canonicalizer: Canonicalizer | None = None, **kwargs: Any) -> Extractor:
@@ -129,9 +157,12 @@ class Extractor:
 
     @classmethod
     def load(cls, spec: str | Path = DEFAULT_RUN, **kwargs: Any) -> Extractor:
-        """`rules`, a training run directory, or a (merged) model directory."""
+        """`rules`, `zero-shot`, a training run directory, or a (merged) model directory."""
         if str(spec) == RULES:
-            return cls.rules(**kwargs)
+            model_only = ("dtype", "draft")  # options of model backends; the rules have no model
+            return cls.rules(**{k: v for k, v in kwargs.items() if k not in model_only})
+        if str(spec) == ZERO_SHOT:
+            return cls.zero_shot(**kwargs)
         path = Path(spec)
         if path.is_dir() and not (path / "adapter").exists() and (path / "config.json").is_file():
             return cls.from_model_dir(path, **kwargs)
@@ -222,20 +253,38 @@ def _mentions(prompt: str, address: str) -> bool:
     return re.search(pattern, prompt, flags=re.IGNORECASE) is not None
 
 
-def _model_backend(loaded) -> Backend:
-    from brianft.infer import generate_texts
+def _model_backend(loaded, canonicalizer: Canonicalizer, *, dtype: str, draft: bool, few_shot: bool = False) -> Backend:
+    from brianft.infer import generate_texts, prepare_for_inference
+    from brianft.rules import RulesExtractor
+
+    model = prepare_for_inference(loaded.model, dtype)
+    rules = RulesExtractor(canonicalizer) if draft else None
 
     def backend(requests: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
         return generate_texts(
-            loaded.model,
+            model,
             loaded.tokenizer,
             requests,
             is_seq2seq=loaded.is_seq2seq,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
+            drafts=rule_drafts(rules, requests) if rules else None,
+            few_shot=few_shot,
         )
 
     return backend
+
+
+def rule_drafts(rules, requests: Sequence[str]) -> list[str]:
+    """The rule-based guess of each output, to verify in bulk (brianft.drafting). A draft only
+    changes speed, so a request the rules choke on gets no draft rather than an error."""
+    drafts = []
+    for request in requests:
+        try:
+            drafts.append(rules.extract_text(request))
+        except Exception:  # noqa: BLE001 - a draft is an optimisation, never a reason to fail
+            drafts.append("")
+    return drafts
 
 
 # --------------------------------------------------------------------------- files

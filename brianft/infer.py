@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from brianft.drafting import draft_verify_generate
 from brianft.normalize import Canonicalizer
-from brianft.prompting import collate_for_generation, encode_prompt
+from brianft.prompting import collate_for_generation, encode_prompt, encode_target
 from brianft.schema import Intent
 from brianft.target import parse_output
 
@@ -48,16 +50,62 @@ def generate_texts(
     is_seq2seq: bool,
     batch_size: int = 16,
     max_new_tokens: int = 64,
+    drafts: Sequence[str] | None = None,
+    few_shot: bool = False,
 ) -> list[str]:
-    """Greedy generation, batched with left padding, in the order of `requests`.
+    """Greedy generation, batched, in the order of `requests`.
 
+    `drafts` (one guess of the output text per request, e.g. the rule-based extractor's) only
+    make decoder-only models faster: see `brianft.drafting`; the text is the model's either way.
+    `few_shot` prompts with worked examples instead of the fine-tuning prompt (zero-shot baseline).
     A peft model's LoRA weights are merged into the base for the duration: one matmul per
     layer instead of three is most of the cost of a small model's decoding step on a CPU.
     """
+    if drafts is not None and len(drafts) != len(requests):
+        raise ValueError(f"{len(drafts)} drafts for {len(requests)} requests")
     was_training = model.training
     model.eval()
-    with merged_lora(model):
-        return _generate(model, tokenizer, requests, is_seq2seq, batch_size, max_new_tokens, was_training)
+    try:
+        with merged_lora(model):
+            prompts = [encode_prompt(tokenizer, request, is_seq2seq, few_shot=few_shot) for request in requests]
+            draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
+            decode = _hf_generate if is_seq2seq or _body_and_head(model) is None else _draft_verify
+            return decode(model, tokenizer, prompts, draft_ids, batch_size, max_new_tokens)
+    finally:
+        model.train(was_training)
+
+
+def prepare_for_inference(model, dtype: str = "auto"):
+    """The model to serve: LoRA merged into the base for good (a plain transformers model), in
+    `dtype`. "auto" is bfloat16 where the hardware computes it natively (a CUDA GPU that supports
+    it; a CPU with AVX512-BF16 or AMX), float32 elsewhere: reading half the bytes per weight is
+    what makes a small model's decoding step faster (docs/BENCHMARKS.md)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.eval()
+    return model.to(inference_dtype(dtype, next(model.parameters()).device))
+
+
+def inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if name != "auto":
+        raise ValueError(f"unknown inference dtype {name!r}: use auto, float32 or bfloat16")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @contextmanager
@@ -75,15 +123,52 @@ def merged_lora(model) -> Iterator[None]:
             model.unmerge_adapter()
 
 
-@torch.inference_mode()
-def _generate(model, tokenizer, requests, is_seq2seq, batch_size, max_new_tokens, was_training) -> list[str]:
-    prompts = [encode_prompt(tokenizer, request, is_seq2seq) for request in requests]
-    # Similar lengths together waste less padding; results are put back in order afterwards.
+def _encode_draft(tokenizer, text: str) -> list[int]:
+    return encode_target(tokenizer, text) if text else []
+
+
+def _body_and_head(model):
+    from brianft.model import ModelLoadError, backbone_and_head
+
+    try:
+        return backbone_and_head(model)
+    except ModelLoadError:
+        return None
+
+
+def _chunks(prompts: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `prompts` in batches of similar length: less padding. Callers put results back
+    in order by index."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _draft_verify(model, tokenizer, prompts, draft_ids, batch_size, max_new_tokens) -> list[str]:
+    body, head = _body_and_head(model)
+    outputs: list[str] = [""] * len(prompts)
+    for chunk in _chunks(prompts, batch_size):
+        generated = draft_verify_generate(
+            body,
+            head,
+            [prompts[i] for i in chunk],
+            [draft_ids[i] for i in chunk],
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens,
+        )
+        for index, tokens in zip(chunk, generated, strict=True):
+            outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return outputs
+
+
+@torch.inference_mode()
+def _hf_generate(model, tokenizer, prompts, _draft_ids, batch_size, max_new_tokens) -> list[str]:
+    """transformers' own greedy generate: encoder-decoder models, and any model whose decoder
+    body and head cannot be separated."""
     outputs: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in _chunks(prompts, batch_size):
         batch = {
             k: v.to(device)
             for k, v in collate_for_generation([prompts[i] for i in chunk], tokenizer.pad_token_id).items()
@@ -96,8 +181,7 @@ def _generate(model, tokenizer, requests, is_seq2seq, batch_size, max_new_tokens
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        new_tokens = generated if is_seq2seq else generated[:, batch["input_ids"].shape[1] :]
+        new_tokens = generated if model.config.is_encoder_decoder else generated[:, batch["input_ids"].shape[1] :]
         for row, index in enumerate(chunk):
             outputs[index] = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
-    model.train(was_training)
     return outputs

@@ -32,17 +32,43 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def build_prompt(tokenizer, request: str, is_seq2seq: bool) -> str:
+# The zero-shot baseline: a base model with no adapter learns the output format from this
+# instruction and a few worked examples (written for this purpose; none is in any data split).
+FEW_SHOT_INSTRUCTION = (
+    "Extract the wallet intents of the request, one per line, as `action; field=value; ...`. "
+    "Actions: swap, transfer, bridge, balance, approve, wrap, unwrap, deposit, withdraw, borrow, repay, "
+    "stake, unstake, total_supply. Fields: token1, token2, amount, amount_out, chain, dest_chain, address, "
+    "protocol. Copy values exactly as written. Answer `none` if the request is not a wallet action."
+)
+FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("trade 40 link into usdt on polygon", "swap; token1=link; token2=usdt; amount=40; chain=polygon"),
+    ("pay carol.eth 12 dai", "transfer; token1=dai; amount=12; address=carol.eth"),
+    ("move 3 eth from base over to optimism", "bridge; token1=eth; amount=3; chain=base; dest_chain=optimism"),
+    ("how much gho do I own?", "balance; token1=gho"),
+    ("supply 900 usdc to spark then stake 1 eth with lido", "deposit; token1=usdc; amount=900; protocol=spark\n"
+     "stake; token1=eth; amount=1; protocol=lido"),
+    ("what's the weather in lisbon", "none"),
+)  # fmt: skip
+
+
+def build_prompt(tokenizer, request: str, is_seq2seq: bool, *, few_shot: bool = False) -> str:
+    system = FEW_SHOT_INSTRUCTION if few_shot else SYSTEM_PROMPT
+    shots = FEW_SHOT_EXAMPLES if few_shot else ()
     if is_seq2seq:
-        return f"{SYSTEM_PROMPT} {request}"
+        worked = "".join(f" Request: {q} Intents: {a}" for q, a in shots)
+        return f"{system}{worked} Request: {request} Intents:" if few_shot else f"{system} {request}"
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": request}]
+        messages = [{"role": "system", "content": system}]
+        for question, answer in shots:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": request})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return f"{SYSTEM_PROMPT}\nRequest: {request}\nIntents:"
+    worked = "".join(f"Request: {q}\nIntents: {a}\n\n" for q, a in shots)
+    return f"{system}\n{worked}Request: {request}\nIntents:"
 
 
-def encode_prompt(tokenizer, request: str, is_seq2seq: bool) -> list[int]:
-    text = build_prompt(tokenizer, request, is_seq2seq)
+def encode_prompt(tokenizer, request: str, is_seq2seq: bool, *, few_shot: bool = False) -> list[int]:
+    text = build_prompt(tokenizer, request, is_seq2seq, few_shot=few_shot)
     templated = not is_seq2seq and bool(getattr(tokenizer, "chat_template", None))
     return tokenizer(text, add_special_tokens=not templated)["input_ids"]
 

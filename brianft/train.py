@@ -196,13 +196,18 @@ def step_batches(lengths: list[int], config: Config, step: int, ranks: Distribut
 
 
 def evaluate_examples(model, tokenizer, examples: list[Example], canonicalizer, config: Config, is_seq2seq: bool):
+    from brianft.extract import rule_drafts
+    from brianft.rules import RulesExtractor
+
+    prompts = [e.prompt for e in examples]
     texts = generate_texts(
         model,
         tokenizer,
-        [e.prompt for e in examples],
+        prompts,
         is_seq2seq=is_seq2seq,
         batch_size=config.train.eval_batch_size,
         max_new_tokens=config.train.max_new_tokens,
+        drafts=rule_drafts(RulesExtractor(canonicalizer), prompts),  # faster; the output is the model's
     )
     predictions = [decode_prediction(text, canonicalizer) for text in texts]
     return score_predictions(examples, predictions), predictions

@@ -1,0 +1,143 @@
+"""Draft-and-verify decoding gives exactly the model's greedy output, whatever the draft, in
+fewer forward passes when the draft is right."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from brianft.drafting import draft_verify_generate
+from brianft.infer import generate_texts, inference_dtype, prepare_for_inference
+from brianft.model import backbone_and_head
+from brianft.prompting import collate_for_generation, encode_prompt, encode_target
+
+REQUESTS = [
+    "swap 2.5k USDC for eth on Arbitrum One",
+    "send half my eth to alice.eth",
+    "bal?",
+    "bridge 100 usdt from ethereum to base and then stake 32 eth with lido",
+]
+MAX_NEW = 24
+
+
+def load(path):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return AutoModelForCausalLM.from_pretrained(path).eval(), tokenizer
+
+
+def reference(model, tokenizer, prompts):
+    """transformers' own greedy generate, one request at a time (no padding at all)."""
+    out = []
+    for prompt in prompts:
+        batch = collate_for_generation([prompt], tokenizer.pad_token_id)
+        generated = model.generate(
+            **batch, max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )[0, len(prompt) :].tolist()
+        out.append(
+            generated[: generated.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in generated else generated
+        )
+    return out
+
+
+class CountingBody(torch.nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body, self.calls = body, 0
+
+    def forward(self, **kwargs):
+        self.calls += 1
+        return self.body(**kwargs)
+
+
+@pytest.fixture(params=["tiny_llama_dir", "tiny_qwen2_dir", "tiny_falcon_dir", "tiny_gpt2_dir"])
+def tiny(request):
+    model, tokenizer = load(request.getfixturevalue(request.param))
+    prompts = [encode_prompt(tokenizer, text, False) for text in REQUESTS]
+    return model, tokenizer, prompts, reference(model, tokenizer, prompts)
+
+
+def run(model, tokenizer, prompts, drafts):
+    body, head = backbone_and_head(model)
+    counting = CountingBody(body)
+    out = draft_verify_generate(
+        counting,
+        head,
+        prompts,
+        drafts,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        max_new_tokens=MAX_NEW,
+    )
+    return out, counting.calls
+
+
+def test_no_draft_equals_greedy_generate(tiny):
+    model, tokenizer, prompts, expected = tiny
+    out, calls = run(model, tokenizer, prompts, [[] for _ in prompts])
+    assert out == expected
+    assert calls == max(min(len(e) + 1, MAX_NEW) for e in expected)  # one token per pass, EOS included
+
+
+def test_right_draft_is_accepted_in_one_pass(tiny):
+    model, tokenizer, prompts, expected = tiny
+    drafts = [e + ([tokenizer.eos_token_id] if len(e) < MAX_NEW else []) for e in expected]
+    out, calls = run(model, tokenizer, prompts, drafts)
+    assert out == expected
+    assert calls == 1
+
+
+def test_wrong_or_partial_drafts_change_nothing_but_speed(tiny):
+    model, tokenizer, prompts, expected = tiny
+    wrong = [encode_target(tokenizer, "swap; token1=eth; amount=1") for _ in prompts]
+    partial = [e[: len(e) // 2] + [5, 6, 7] + e[len(e) // 2 :] for e in expected]  # right, wrong, then right again
+    for drafts in (wrong, partial):
+        out, _ = run(model, tokenizer, prompts, drafts)
+        assert out == expected
+    _, calls_partial = run(model, tokenizer, prompts, partial)
+    _, calls_none = run(model, tokenizer, prompts, [[] for _ in prompts])
+    assert calls_partial < calls_none  # the draft resynchronises after the inserted tokens
+
+
+def test_max_new_tokens_is_respected(tiny):
+    model, tokenizer, prompts, _ = tiny
+    long_draft = [list(range(10, 10 + 3 * MAX_NEW)) for _ in prompts]
+    out, _ = run(model, tokenizer, prompts, long_draft)
+    assert all(len(tokens) <= MAX_NEW for tokens in out)
+
+
+def test_generate_texts_batched_with_drafts_matches_reference(tiny_llama_dir):
+    model, tokenizer = load(tiny_llama_dir)
+    prompts = [encode_prompt(tokenizer, text, False) for text in REQUESTS]
+    expected = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in reference(model, tokenizer, prompts)]
+    drafts = ["swap; token1=USDC; token2=eth; amount=2.5k", "", "balance", "none"]
+    for batch_size in (1, 3):
+        texts = generate_texts(
+            model, tokenizer, REQUESTS, is_seq2seq=False, batch_size=batch_size, max_new_tokens=MAX_NEW, drafts=drafts
+        )
+        assert texts == expected
+    with pytest.raises(ValueError, match="drafts"):
+        generate_texts(model, tokenizer, REQUESTS, is_seq2seq=False, drafts=["x"])
+
+
+def test_prepare_for_inference_merges_and_casts(tiny_run_dir):
+    from peft import PeftModel
+
+    from brianft.model import load_run
+
+    loaded = load_run(tiny_run_dir)
+    assert isinstance(loaded.model, PeftModel)
+    prompts = REQUESTS[:2]
+    before = generate_texts(loaded.model, loaded.tokenizer, prompts, is_seq2seq=False, max_new_tokens=MAX_NEW)
+    model = prepare_for_inference(loaded.model, "float32")
+    assert not isinstance(model, PeftModel) and not any("lora" in name for name, _ in model.named_parameters())
+    assert generate_texts(model, loaded.tokenizer, prompts, is_seq2seq=False, max_new_tokens=MAX_NEW) == before
+    assert next(prepare_for_inference(model, "bfloat16").parameters()).dtype == torch.bfloat16
+
+
+def test_inference_dtype_names():
+    assert inference_dtype("float32", torch.device("cpu")) == torch.float32
+    assert inference_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert inference_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="float16"):
+        inference_dtype("float16", torch.device("cpu"))

@@ -350,6 +350,8 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     if any(error.get("type") == "json_invalid" for error in errors):
         message = "the request body is not valid JSON"
+    elif any(tuple(error["loc"]) == ("body",) and error.get("type") == "missing" for error in errors):
+        message = "the request body is missing: send a JSON object"
     elif any(tuple(error["loc"]) == ("body",) for error in errors):
         message = "the request body must be a JSON object (Content-Type: application/json)"
     else:

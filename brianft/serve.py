@@ -34,9 +34,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -481,3 +481,34 @@ def run_server(extractor: Extractor, settings: ServeConfig, *, log_level: str = 
     app = create_app(extractor, settings)
     # access_log off: RequestLog writes the one line per request.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+@contextmanager
+def serve_in_thread(extractor: Extractor, settings: ServeConfig, *, timeout_s: float = 30.0) -> Iterator[str]:
+    """The server in a background thread until the block ends (tests, benchmarks); yields its base URL.
+    Port 0 picks a free port; the socket is bound here and handed to uvicorn, so no other process can take it."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.bind((settings.host, settings.port))
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(create_app(extractor, settings), log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="brianft-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.01)
+        yield f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout_s)
+        sock.close()
+        if thread.is_alive():
+            raise RuntimeError("the server did not shut down")

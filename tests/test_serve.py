@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,14 +12,13 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from brianft import __version__
 from brianft.config import ConfigError, ServeConfig, load_config
 from brianft.extract import Extractor
 from brianft.schema import SCHEMA_VERSION
-from brianft.serve import create_app, resolve_api_key
+from brianft.serve import resolve_api_key, serve_in_thread
 
 KEY = "test-key-0123456789"
 SWAP = {"action": "swap", "token1": "USDC", "token2": "ETH", "amount": "100", "chain": "base"}
@@ -28,26 +26,12 @@ SWAP = {"action": "swap", "token1": "USDC", "token2": "ETH", "amount": "100", "c
 
 @contextmanager
 def serving(extractor: Extractor, **settings) -> Iterator[httpx.Client]:
-    """The app on a free loopback port, served by uvicorn until the block ends."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # bound here and handed over: no race for the port
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(extractor, ServeConfig(**settings)), log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
-        assert not thread.is_alive(), "the server did not shut down"
+    """The app on a free loopback port, served by uvicorn in a thread until the block ends."""
+    with (
+        serve_in_thread(extractor, ServeConfig(port=0, **settings)) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield client
 
 
 class Recording:

@@ -71,8 +71,8 @@ class _Job:
 class MicroBatcher:
     """Groups prompts of concurrent requests into one `extract` call, run in one worker thread.
 
-    The first prompt waits at most `max_wait_ms` for company; prompts that arrive while a batch
-    runs queue up and form the next one, so under load batches fill without any waiting.
+    Prompts that arrive while a batch runs queue up and form the next one (at most `max_batch_size`)
+    without further waiting; a prompt that finds the worker idle waits at most `max_wait_ms` for company.
     """
 
     def __init__(
@@ -131,8 +131,11 @@ class MicroBatcher:
                     job.future.set_result((outcome, len(jobs)))
 
     async def _collect(self) -> list[_Job]:
+        # Prompts queued while the last batch ran have waited long enough: they form the batch now.
+        # Only an idle worker waits (up to max_wait) for company for the first prompt.
+        busy = not self._queue.empty()
         jobs = [await self._queue.get()]
-        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        deadline = asyncio.get_running_loop().time() + (0.0 if busy else self.max_wait_s)
         while len(jobs) < self.max_batch_size:
             if not self._queue.empty():
                 jobs.append(self._queue.get_nowait())

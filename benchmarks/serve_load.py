@@ -72,13 +72,15 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16, help="micro-batch bound when batching is on")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="micro-batch wait when batching is on")
     parser.add_argument("--prompts", type=int, default=200, help="distinct curated prompts used")
+    parser.add_argument("--max-new-tokens", type=int, help="generation length cap (model backends); default: the run's")
     args = parser.parse_args()
 
     from brianft.config import ServeConfig
     from brianft.extract import Extractor
     from brianft.serve import serve_in_thread
 
-    extractor = Extractor.load(args.model, batch_size=args.max_batch_size)
+    generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    extractor = Extractor.load(args.model, batch_size=args.max_batch_size, **generation)
     prompts = load_prompts(args.prompts)
     on, off = f"on, wait {args.max_wait_ms:g} ms", "off"
     settings = {  # port 0: a free port
@@ -90,7 +92,7 @@ def main() -> None:
     for variant, config in settings.items():
         print(f"batching {variant}: {args.requests} requests from {args.clients} clients...", flush=True)
         with serve_in_thread(extractor, config) as url:
-            asyncio.run(drive(url, prompts, args.clients, args.clients * 2))  # warm-up, not counted
+            asyncio.run(drive(url, prompts, args.clients, args.clients))  # warm-up, not counted
             results[variant] = asyncio.run(drive(url, prompts, args.clients, args.requests))
     print(f"\n{'batching':<18}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>9}{'failed':>8}{'vs off':>9}")
     for variant, r in results.items():

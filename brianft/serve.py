@@ -81,7 +81,7 @@ class MicroBatcher:
         self._extract = extract
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()  # replaced in start(): a queue belongs to one loop
         # One thread: the model is not thread-safe, and one batch at a time is what batching is for.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brianft-extract")
         self._task: asyncio.Task[None] | None = None
@@ -91,6 +91,7 @@ class MicroBatcher:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
+        self._queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="brianft-batcher")
 
     async def stop(self) -> None:
@@ -136,18 +137,22 @@ class MicroBatcher:
         busy = not self._queue.empty()
         jobs = [await self._queue.get()]
         deadline = asyncio.get_running_loop().time() + (0.0 if busy else self.max_wait_s)
-        while len(jobs) < self.max_batch_size:
-            if not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    jobs.append(await self._queue.get())
-            except TimeoutError:
-                break
+        try:
+            while len(jobs) < self.max_batch_size:
+                if not self._queue.empty():
+                    jobs.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        jobs.append(await self._queue.get())
+                except TimeoutError:
+                    break
+        except asyncio.CancelledError:  # shutdown while waiting for company: answer those collected
+            _fail(jobs, RuntimeError("the server is shutting down"))
+            raise
         return jobs
 
     def _isolated(self, prompts: list[str]) -> list[Outcome]:

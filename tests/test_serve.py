@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -18,7 +19,7 @@ from brianft import __version__
 from brianft.config import ConfigError, ServeConfig, load_config
 from brianft.extract import Extractor
 from brianft.schema import SCHEMA_VERSION
-from brianft.serve import resolve_api_key, serve_in_thread
+from brianft.serve import MicroBatcher, resolve_api_key, serve_in_thread
 
 KEY = "test-key-0123456789"
 SWAP = {"action": "swap", "token1": "USDC", "token2": "ETH", "amount": "100", "chain": "base"}
@@ -271,6 +272,37 @@ def test_batch_size_one_turns_batching_off(rules):
         response = client.post("/v1/extract/batch", json={"prompts": ["wrap 1 eth", "wrap 2 eth", "wrap 3 eth"]})
         assert [item["intents"][0]["amount"] for item in response.json()] == ["1", "2", "3"]
     assert backend.calls == [["wrap 1 eth"], ["wrap 2 eth"], ["wrap 3 eth"]]
+
+
+def test_prompts_queued_during_a_batch_run_next_without_waiting():
+    """An idle worker waits for company (here: up to 10 s); prompts that queued while a batch ran do not."""
+    release = threading.Event()
+    calls: list[list[str]] = []
+
+    def extract(prompts: list[str]) -> list[str]:
+        calls.append(prompts)
+        release.wait(10)
+        return [p.upper() for p in prompts]
+
+    async def scenario() -> list:
+        batcher = MicroBatcher(extract, max_batch_size=2, max_wait_ms=10_000)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(["a", "b"]))  # fills a batch: no wait
+        while not calls:
+            await asyncio.sleep(0.005)
+        rest = [asyncio.ensure_future(batcher.submit([p])) for p in "cde"]  # queue while a, b run
+        await asyncio.sleep(0.05)
+        release.set()
+        started = time.monotonic()
+        answers = await asyncio.gather(first, *rest)
+        elapsed = time.monotonic() - started
+        await batcher.stop()
+        return [answers, elapsed]
+
+    answers, elapsed = asyncio.run(scenario())
+    assert calls == [["a", "b"], ["c", "d"], ["e"]]
+    assert answers == [[("A", 2), ("B", 2)], [("C", 2)], [("D", 2)], [("E", 1)]]
+    assert elapsed < 5  # "e" did not wait max_wait_ms for company
 
 
 # --------------------------------------------------------------------------- API key, CORS, logs

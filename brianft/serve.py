@@ -16,7 +16,8 @@ Status codes:
   `brianft predict --input`. The Brian view has no error field, so there this is a 500.
 - 422 {"error", "detail"}: invalid JSON, a missing field, a wrong type, an unknown field, or (single
   prompt) a prompt the extractor refuses: empty, over `data.max_prompt_chars`, lone surrogates.
-- 413: more prompts in one batch request than `serve.max_prompts_per_request`.
+- 413: more prompts in one batch request than `serve.max_prompts_per_request`, or a body larger
+  than any valid request can be (`max_body_bytes`; refused before it is read into memory).
 - 401: an API key is configured and the request lacks it (/health and the docs stay open).
 - 500: the extractor raised; the answer names no internals, the log has the traceback, and the
   server keeps serving.
@@ -331,6 +332,7 @@ def create_app(extractor: Extractor, settings: ServeConfig) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes(extractor.max_prompt_chars, settings))
     app.add_middleware(RequestLog, log_prompts=settings.log_prompts)  # outermost: logs CORS preflights too
     return app
 
@@ -418,6 +420,45 @@ def resolve_api_key(settings: ServeConfig, environ: Mapping[str, str]) -> ServeC
     except ValidationError:
         raise ConfigError(f"the API key in ${settings.api_key_env} must be at least 8 characters") from None
     return resolved
+
+
+# --------------------------------------------------------------------------- body size
+
+
+def max_body_bytes(max_prompt_chars: int, settings: ServeConfig) -> int:
+    """The largest body a valid request can need: every prompt at the limit, each character
+    JSON-escaped at its longest (12 bytes: a surrogate pair as two \\uXXXX), plus some room."""
+    return settings.max_prompts_per_request * (12 * max_prompt_chars + 16) + 4096
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for a body larger than any valid request, checked on Content-Length
+    and while a chunked body streams in, so that a huge upload is never read into memory."""
+
+    def __init__(self, app: Any, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = HTTPException(413, f"the request body is larger than {self.max_bytes} bytes")
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await JSONResponse({"error": too_large.detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise too_large  # FastAPI passes an HTTPException from body reading through as it is
+            return message
+
+        await self.app(scope, limited, send)
 
 
 # --------------------------------------------------------------------------- request logs

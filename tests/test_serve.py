@@ -19,7 +19,7 @@ from brianft import __version__
 from brianft.config import ConfigError, ServeConfig, load_config
 from brianft.extract import Extractor
 from brianft.schema import SCHEMA_VERSION
-from brianft.serve import MicroBatcher, resolve_api_key, serve_in_thread
+from brianft.serve import MicroBatcher, max_body_bytes, resolve_api_key, serve_in_thread
 
 KEY = "test-key-0123456789"
 SWAP = {"action": "swap", "token1": "USDC", "token2": "ETH", "amount": "100", "chain": "base"}
@@ -182,6 +182,22 @@ def test_bad_input_is_a_clear_4xx(client, path, request_kwargs, status, message)
     assert message in body["error"], body
     if "detail" in body:  # FastAPI's validation details, without echoing the input back
         assert body["detail"] and all({"type", "loc", "msg"} == set(item) for item in body["detail"])
+
+
+def test_a_body_larger_than_any_valid_request_is_refused_unread(client, rules):
+    limit = max_body_bytes(rules.max_prompt_chars, ServeConfig())
+    big = json.dumps({"prompts": ["x" * 1000] * 64 * 13}).encode()
+    assert len(big) > limit
+    announced = client.post("/v1/extract/batch", content=big, headers={"content-type": "application/json"})
+    assert announced.status_code == 413 and f"larger than {limit} bytes" in announced.json()["error"]
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # no Content-Length: chunked
+    streamed = client.post("/v1/extract/batch", content=chunks, headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and f"larger than {limit} bytes" in streamed.json()["error"]
+    # the largest valid request still fits: 64 prompts at the limit, each character escaped
+    emoji = "\U0001f680" * rules.max_prompt_chars
+    largest = json.dumps({"prompts": [emoji] * 64}).encode()
+    fits = client.post("/v1/extract/batch", content=largest, headers={"content-type": "application/json"})
+    assert fits.status_code == 200 and len(fits.json()) == 64
 
 
 def test_wrong_method_and_unknown_path_are_json_errors(client):

@@ -373,6 +373,36 @@ def evaluate(
     console.print(comparison_table(named), markup=False, soft_wrap=True)
 
 
+@app.command()
+def serve(
+    model: ModelOption = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (serve.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=0, max=65535, help="Port (serve.port).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve the extractor over HTTP: JSON API, OpenAPI docs at /docs (see README, Serving)."""
+    import os
+
+    from brianft.extract import DEFAULT_RUN, RULES, Extractor
+    from brianft.model import ModelLoadError
+    from brianft.serve import resolve_api_key, run_server
+
+    cfg = _config(config, set_)
+    spec = model or str(DEFAULT_RUN)
+    # A run keeps the prompt limit it was trained with; the rules take the configured one.
+    limits = {"max_prompt_chars": cfg.data.max_prompt_chars} if spec == RULES else {}
+    with user_errors():
+        settings = resolve_api_key(cfg.serve, os.environ)
+        settings.host = host if host is not None else settings.host
+        settings.port = port if port is not None else settings.port
+        try:
+            extractor = Extractor.load(spec, batch_size=settings.max_batch_size, **limits)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{exc}; or serve the rule-based extractor: --model {RULES}") from exc
+    run_server(extractor, settings)
+
+
 def _baseline_of(model: str | None, spec: str, batch_size: int, dtype: str, draft: bool):
     """The extractor for `spec`; a zero-shot baseline next to a run uses that run's base model."""
     from brianft.extract import ZERO_SHOT, Extractor

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -88,10 +88,28 @@ class TrainConfig(_Strict):
     test_eval: bool = Field(True, description="evaluate on the test split when training ends")
 
 
+class ServeConfig(_Strict):
+    """The HTTP server (`brianft serve`). The prompt size limit is the extractor's (data.max_prompt_chars)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="0.0.0.0 exposes the server to the network")
+    port: int = Field(8000, ge=0, le=65535, description="0: any free port")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="most prompts extracted together in one model call")
+    max_wait_ms: float = Field(10.0, ge=0, le=1000, description="how long an idle server waits for a batch to fill")
+    max_prompts_per_request: int = Field(64, ge=1, le=10_000, description="most prompts in one batch request")
+    # SecretStr: the key is masked in repr, logs and dumped configs.
+    api_key: SecretStr | None = Field(None, min_length=8, description="require this key on /v1 and /api")
+    api_key_env: str | None = Field(
+        "BRIANFT_API_KEY", min_length=1, description="environment variable read for the key when api_key is unset"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
+    log_prompts: bool = Field(False, description="include prompt text in request logs")
+
+
 class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

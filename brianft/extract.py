@@ -77,13 +77,17 @@ class Extractor:
         max_new_tokens: int = 96,
         batch_size: int = 16,
         source: str = "",
+        base_model: str = "",
+        adapter: str | None = None,
     ) -> None:
         self.backend = backend
         self.canonicalizer = canonicalizer or Canonicalizer.default()
         self.max_prompt_chars = max_prompt_chars
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.source = source
+        self.source = source  # for people: where the weights came from
+        self.base_model = base_model  # for machines (e.g. the server's /v1/info): the base and the adapter used
+        self.adapter = adapter
         self._spans = SpanFinder(self.canonicalizer)
 
     # ----------------------------------------------------------------------- constructors
@@ -105,6 +109,8 @@ class Extractor:
         kwargs.setdefault("max_prompt_chars", cfg.data.max_prompt_chars)
         kwargs.setdefault("max_new_tokens", cfg.train.max_new_tokens)
         canonicalizer = Canonicalizer(Registry.load(cfg.data.registry_dirs))
+        kwargs.setdefault("base_model", cfg.model.base)
+        kwargs.setdefault("adapter", str(run_dir / "adapter"))
         backend = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft)
         return cls(backend, canonicalizer, source=loaded.source, **kwargs)
 
@@ -134,6 +140,7 @@ class Extractor:
         canonicalizer = canonicalizer or Canonicalizer.default()
         backend = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft, few_shot=few_shot)
         source = f"{loaded.source} (few-shot prompt, no adapter)" if few_shot else loaded.source
+        kwargs.setdefault("base_model", model_cfg.base)
         return cls(backend, canonicalizer, source=source, **kwargs)
 
     @classmethod
@@ -153,7 +160,8 @@ class Extractor:
         def backend(requests: list[str], _batch_size: int, _max_new_tokens: int) -> list[str]:
             return [rules.extract_text(request) for request in requests]
 
-        return cls(backend, rules.canonicalizer, source="rules", **kwargs)
+        kwargs.setdefault("base_model", RULES)
+        return cls(backend, rules.canonicalizer, source=RULES, **kwargs)
 
     @classmethod
     def load(cls, spec: str | Path = DEFAULT_RUN, **kwargs: Any) -> Extractor:

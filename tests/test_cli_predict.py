@@ -115,6 +115,20 @@ def test_evaluate_needs_a_model_or_baseline(tmp_path):
     assert runner.invoke(app, ["evaluate", "--data", str(data), "--baseline", "gpt"]).exit_code == 2
 
 
+def test_evaluate_run_against_both_baselines(tiny_run_dir, tmp_path):
+    """The zero-shot baseline is the run's own base model, prompted with worked examples."""
+    data = write_jsonl(tmp_path / "test.jsonl", EXAMPLES)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(tiny_run_dir), "--data", str(data), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--baseline", "rules", "--baseline", "zero-shot", "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    zero_shot = json.loads((out / "baseline-zero-shot" / "metrics.json").read_text())
+    assert zero_shot["examples"] == 4 and "few-shot prompt, no adapter" in zero_shot["model"]
+    assert (out / "baseline-rules" / "metrics.json").is_file()
+    assert "baseline: zero-shot" in result.output and "baseline: rules" in result.output
+    assert runner.invoke(app, [*args, "--dtype", "float16"]).exit_code == 2
+
+
 def test_predict_and_evaluate_with_a_tiny_run(tiny_llama_dir, tiny_run_dir, tmp_path):
     run_dir = tiny_run_dir
     result = runner.invoke(app, ["predict", "--model", str(run_dir), "swap 1 eth for usdc"])

@@ -68,3 +68,36 @@ def test_length_grouped_batches_are_complete_reproducible_and_grouped():
     assert batches != length_grouped_batches(lengths, 16, seed=1, epoch=1)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 15  # random batches would spread over ~90
+
+
+def test_few_shot_examples_are_valid_and_in_no_data():
+    """The zero-shot baseline's worked examples parse to canonical intents, and none of their
+    requests is in the curated data or the default synthetic splits (no test leakage)."""
+    from brianft.config import load_config
+    from brianft.data.dataset import build_splits
+    from brianft.data.io import normalized_prompt
+    from brianft.normalize import Canonicalizer
+    from brianft.prompting import FEW_SHOT_EXAMPLES
+    from brianft.target import parse_output
+
+    canonicalizer = Canonicalizer.default()
+    for _, answer in FEW_SHOT_EXAMPLES:
+        parsed = parse_output(answer)
+        assert parsed.error is None, answer
+        assert all(canonicalizer.intent(raw).intent is not None for raw in parsed.intents), answer
+    splits = build_splits(load_config("configs/default.yaml").data, canonicalizer)
+    known = {normalized_prompt(e.prompt) for part in (splits.train, splits.validation, splits.test) for e in part}
+    assert not {normalized_prompt(q) for q, _ in FEW_SHOT_EXAMPLES} & known
+
+
+def test_few_shot_prompt_holds_the_examples_as_chat_turns(tiny_llama_dir, tiny_t5_dir):
+    from brianft.prompting import FEW_SHOT_EXAMPLES, build_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    text = build_prompt(tokenizer, "wrap 1 eth", False, few_shot=True)
+    assert text.count("<|im_start|>assistant") == len(FEW_SHOT_EXAMPLES) + 1
+    assert text.rstrip().endswith("<|im_start|>assistant") and "wrap 1 eth" in text
+    assert all(answer in text for _, answer in FEW_SHOT_EXAMPLES)
+    t5 = build_prompt(AutoTokenizer.from_pretrained(tiny_t5_dir), "wrap 1 eth", True, few_shot=True)
+    assert t5.endswith("Request: wrap 1 eth Intents:")
+    assert build_prompt(tokenizer, "wrap 1 eth", False) != text  # the fine-tuning prompt is unchanged

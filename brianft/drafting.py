@@ -52,10 +52,20 @@ def draft_verify_generate(
     `body` is the decoder stack (hidden states out), `head` the output projection: logits are
     computed only where a token is chosen, never over the prompt.
     """
-    rows = [_Row(pending=list(prompt), draft=list(draft)) for prompt, draft in zip(prompts, drafts, strict=True)]
     device = next(body.parameters()).device
+    shared = _shared_prefix(prompts)
+    rows = [
+        _Row(pending=list(prompt[shared:]), draft=list(draft), seen=shared)
+        for prompt, draft in zip(prompts, drafts, strict=True)
+    ]
     cache = DynamicCache()
-    mask = torch.zeros((len(rows), 0), dtype=torch.long, device=device)
+    mask = torch.ones((len(rows), shared), dtype=torch.long, device=device)
+    if shared:
+        # The chat template's opening tokens are the same in every prompt: run them once and
+        # copy their cache to every row instead of computing them once per row.
+        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        body(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(rows))
     active = list(rows)
     while active:
         proposals = [_propose(row) for row in active]
@@ -64,11 +74,9 @@ def draft_verify_generate(
         hidden = body(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         ).last_hidden_state
-        # Column -k holds the last pending token of every row (feeds are right-aligned).
-        k = max(len(p) for p in proposals) + 1
-        choices = head(hidden[:, -k:]).argmax(dim=-1).tolist()
+        choices = _choices(head, hidden, [len(p) + 1 for p in proposals])
         for b, (row, proposal) in enumerate(zip(active, proposals, strict=True)):
-            rejected = _accept(row, proposal, choices[b][k - len(proposal) - 1 :], eos_id, max_new_tokens)
+            rejected = _accept(row, proposal, choices[b], eos_id, max_new_tokens)
             if rejected:
                 mask[b, mask.shape[1] - rejected :] = 0
         keep = [b for b, row in enumerate(active) if not row.done]
@@ -78,6 +86,29 @@ def draft_verify_generate(
             mask = mask.index_select(0, index)
         active = [active[b] for b in keep]
     return [row.generated for row in rows]
+
+
+def _shared_prefix(prompts: Sequence[list[int]]) -> int:
+    """Length of the token prefix all prompts share, leaving every prompt at least one token."""
+    shared = min(len(p) for p in prompts) - 1
+    for prompt in prompts[1:]:
+        shared = next((i for i in range(shared) if prompt[i] != prompts[0][i]), shared)
+    return max(shared, 0)
+
+
+def _choices(head: torch.nn.Module, hidden: torch.Tensor, counts: list[int]) -> list[list[int]]:
+    """The model's token after each of the last `counts[b]` positions of row b (feeds are
+    right-aligned: the last pending token, then the draft). Only those positions go through the
+    output head: over a padded rectangle it would cost as much as the rest of the pass."""
+    width = hidden.shape[1]
+    rows = torch.cat([torch.full((n,), b) for b, n in enumerate(counts)])
+    cols = torch.cat([torch.arange(width - n, width) for n in counts])
+    flat = head(hidden[rows.to(hidden.device), cols.to(hidden.device)]).argmax(dim=-1).tolist()
+    out, start = [], 0
+    for n in counts:
+        out.append(flat[start : start + n])
+        start += n
+    return out
 
 
 def _propose(row: _Row) -> list[int]:

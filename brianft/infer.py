@@ -136,18 +136,29 @@ def _body_and_head(model):
         return None
 
 
-def _chunks(prompts: list[list[int]], batch_size: int) -> Iterator[list[int]]:
-    """Indices of `prompts` in batches of similar length: less padding. Callers put results back
-    in order by index."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+def _chunks(prompts: list[list[int]], batch_size: int, drafts: list[list[int]] | None = None) -> Iterator[list[int]]:
+    """Indices of `prompts` in batches of similar length (prompt plus draft: what the first pass
+    feeds): at most `batch_size` rows, and a new batch starts before padding would exceed a
+    quarter of it, so the long tail (multi-intent requests) does not pad a whole batch. Callers
+    put results back in order by index."""
+    length = [len(p) + (len(drafts[i]) if drafts else 0) for i, p in enumerate(prompts)]
+    chunk: list[int] = []
+    total = 0
+    for i in sorted(range(len(prompts)), key=length.__getitem__):
+        padded = length[i] * (len(chunk) + 1)  # sorted: the newest row is the widest
+        if chunk and (len(chunk) == batch_size or padded > 1.25 * (total + length[i])):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(i)
+        total += length[i]
+    if chunk:
+        yield chunk
 
 
 def _draft_verify(model, tokenizer, prompts, draft_ids, batch_size, max_new_tokens) -> list[str]:
     body, head = _body_and_head(model)
     outputs: list[str] = [""] * len(prompts)
-    for chunk in _chunks(prompts, batch_size):
+    for chunk in _chunks(prompts, batch_size, draft_ids):
         generated = draft_verify_generate(
             body,
             head,

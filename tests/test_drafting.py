@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from brianft.drafting import draft_verify_generate
+from brianft.drafting import _shared_prefix, draft_verify_generate
 from brianft.infer import generate_texts, inference_dtype, prepare_for_inference
 from brianft.model import backbone_and_head
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
@@ -57,6 +57,16 @@ def tiny(request):
     return model, tokenizer, prompts, reference(model, tokenizer, prompts)
 
 
+def prefix_passes(prompts) -> int:
+    return int(_shared_prefix(prompts) > 0)
+
+
+def test_shared_prefix_leaves_every_prompt_a_token():
+    assert _shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert _shared_prefix([[1, 2], [1, 2]]) == 1
+    assert _shared_prefix([[7], [1, 2]]) == 0
+
+
 def run(model, tokenizer, prompts, drafts):
     body, head = backbone_and_head(model)
     counting = CountingBody(body)
@@ -76,7 +86,8 @@ def test_no_draft_equals_greedy_generate(tiny):
     model, tokenizer, prompts, expected = tiny
     out, calls = run(model, tokenizer, prompts, [[] for _ in prompts])
     assert out == expected
-    assert calls == max(min(len(e) + 1, MAX_NEW) for e in expected)  # one token per pass, EOS included
+    # one token per pass (EOS included), plus one pass over the prefix all prompts share
+    assert calls == max(min(len(e) + 1, MAX_NEW) for e in expected) + prefix_passes(prompts)
 
 
 def test_right_draft_is_accepted_in_one_pass(tiny):
@@ -84,7 +95,7 @@ def test_right_draft_is_accepted_in_one_pass(tiny):
     drafts = [e + ([tokenizer.eos_token_id] if len(e) < MAX_NEW else []) for e in expected]
     out, calls = run(model, tokenizer, prompts, drafts)
     assert out == expected
-    assert calls == 1
+    assert calls == 1 + prefix_passes(prompts)
 
 
 def test_wrong_or_partial_drafts_change_nothing_but_speed(tiny):

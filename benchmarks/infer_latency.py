@@ -9,7 +9,10 @@ requests of a finished run, after one uncounted warm-up request:
 - merged-bf16:    the same in bfloat16
 - ours:           what `Extractor.from_run` serves: merged, dtype "auto" (bfloat16 on CPUs with
                   native bf16), and the rules' guess of each output verified in bulk (drafting.py)
-- ours-batched:   `ours` with --batch-size requests per call: throughput, not latency
+- ours-batched:   `ours` with --batch-size requests per call (what the server's micro-batches
+                  do): throughput, not latency
+- ours-file:      `ours` with all --batch-requests requests in one call, cut into batches of at
+                  most --batch-size by length (what `brianft predict --input FILE` does)
 
 For each: p50/p95 latency per request (batch 1), requests/s, peak resident memory, the speed-up
 over naive, and how many outputs are identical to naive's (the text is the model's greedy
@@ -28,7 +31,8 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("naive", "merged-fp32", "merged-bf16", "ours", "ours-batched")
+VARIANTS = ("naive", "merged-fp32", "merged-bf16", "ours", "ours-batched", "ours-file")
+BATCHED = ("ours-batched", "ours-file")
 
 
 def test_requests(run: str, count: int) -> list[str]:
@@ -82,14 +86,15 @@ def child(variant: str, run: str, requests: list[str], batch_size: int) -> dict:
         generate = naive_generate(run)
     else:
         dtype = {"merged-fp32": "float32", "merged-bf16": "bfloat16"}.get(variant, "auto")
-        generate, extractor = extractor_generate(run, dtype, draft=variant in ("ours", "ours-batched"))
-        extractor.batch_size = batch_size if variant == "ours-batched" else 1
+        generate, extractor = extractor_generate(run, dtype, draft=variant in ("ours", *BATCHED))
+        extractor.batch_size = batch_size if variant in BATCHED else 1
     generate(requests[:1])  # warm-up: first-call allocations and kernel plans
     outputs, latencies = [], []
-    if variant == "ours-batched":
+    if variant in BATCHED:
+        per_call = batch_size if variant == "ours-batched" else len(requests)
         started = time.perf_counter()
-        for start in range(0, len(requests), batch_size):
-            outputs += generate(requests[start : start + batch_size])
+        for start in range(0, len(requests), per_call):
+            outputs += generate(requests[start : start + per_call])
         elapsed = time.perf_counter() - started
         latencies = [elapsed / len(requests)] * len(requests)
     else:
@@ -116,7 +121,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        count = args.batch_requests if args.child == "ours-batched" else args.requests
+        count = args.batch_requests if args.child in BATCHED else args.requests
         result = child(args.child, args.run, test_requests(args.run, count), args.batch_size)
         print("RESULT " + json.dumps(result))
         return
@@ -152,7 +157,7 @@ def report(results: dict, args) -> None:
             same = f"{sum(a == b for a, b in paired)}/{len(paired)}"
         summary[variant] = row
         speedup = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
-        batch = f" (batches of {args.batch_size}; latency = batch time / size)" if variant == "ours-batched" else ""
+        batch = f" (batches of <= {args.batch_size}; latency = total / requests)" if variant in BATCHED else ""
         print(
             f"{variant:<14}{row['p50_ms']:>9.0f}{row['p95_ms']:>9.0f}{per_s:>8.2f}{row['peak_rss_mb']:>9.0f}"
             f"{speedup:>10}{same:>15}{batch}"

@@ -8,7 +8,8 @@ second, seconds per step (first step excluded: warm-up) and peak resident memory
                 longest example, LoRA on all linear layers, fp32
 - ours-same-lora: our step (length-grouped batches, dynamic padding, loss and LM head only on
                 supervised tokens), same LoRA and precision as naive
-- ours-default: our step with the default config (LoRA on the top blocks, bf16 autocast)
+- ours-default: our step with the default config (configs/default.yaml: its LoRA blocks and
+                bf16 autocast)
 
     python benchmarks/train_throughput.py [--steps 12] [--batch-size 16] [--base smollm2-135m-instruct]
 """
@@ -26,7 +27,7 @@ import time
 VARIANTS = ("naive", "ours-same-lora", "ours-default")
 
 
-def _setup(base: str, top_layers: int | None):
+def _setup(base: str, default_lora: bool):
     from brianft.config import load_config
     from brianft.data.dataset import build_splits
     from brianft.model import apply_lora, load_base_model
@@ -34,7 +35,8 @@ def _setup(base: str, top_layers: int | None):
     from brianft.prompting import encode_example
 
     config = load_config("configs/default.yaml", [f"model.base={base}", "data.synthetic_test=0"])
-    lora = config.model.lora.model_copy(update={"top_layers": top_layers})
+    # naive and ours-same-lora: LoRA on every block; ours-default: whatever the config says
+    lora = config.model.lora if default_lora else config.model.lora.model_copy(update={"top_layers": None})
     splits = build_splits(config.data, Canonicalizer.default())
     loaded = load_base_model(config.model)
     model = apply_lora(loaded, lora)
@@ -49,7 +51,7 @@ def run_ours(base: str, steps: int, batch_size: int, default: bool) -> dict:
     from brianft.prompting import length_grouped_batches
     from brianft.train import Distributed, optimizer_step
 
-    config, loaded, model, encoded = _setup(base, 15 if default else None)
+    config, loaded, model, encoded = _setup(base, default)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scheduler = get_scheduler("constant", optimizer)
     batches = length_grouped_batches([len(e.input_ids) for e in encoded], batch_size, seed=0, epoch=0)
@@ -72,7 +74,7 @@ def run_naive(base: str, steps: int, batch_size: int) -> dict:
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    _, loaded, model, encoded = _setup(base, None)
+    _, loaded, model, encoded = _setup(base, False)
     width = max(len(e.input_ids) for e in encoded)
     pad = loaded.tokenizer.pad_token_id
     rows = {"input_ids": [], "attention_mask": [], "labels": []}

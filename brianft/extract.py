@@ -111,8 +111,8 @@ class Extractor:
         canonicalizer = Canonicalizer(Registry.load(cfg.data.registry_dirs))
         kwargs.setdefault("base_model", cfg.model.base)
         kwargs.setdefault("adapter", str(run_dir / "adapter"))
-        backend = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft)
-        return cls(backend, canonicalizer, source=loaded.source, **kwargs)
+        backend, inference = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft)
+        return cls(backend, canonicalizer, source=f"{loaded.source}; {inference}", **kwargs)
 
     @classmethod
     def from_model_dir(cls, path: Path | str, **kwargs: Any) -> Extractor:
@@ -138,8 +138,9 @@ class Extractor:
 
         loaded = load_base_model(model_cfg)
         canonicalizer = canonicalizer or Canonicalizer.default()
-        backend = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft, few_shot=few_shot)
+        backend, inference = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft, few_shot=few_shot)
         source = f"{loaded.source} (few-shot prompt, no adapter)" if few_shot else loaded.source
+        source = f"{source}; {inference}"
         kwargs.setdefault("base_model", model_cfg.base)
         return cls(backend, canonicalizer, source=source, **kwargs)
 
@@ -261,12 +262,17 @@ def _mentions(prompt: str, address: str) -> bool:
     return re.search(pattern, prompt, flags=re.IGNORECASE) is not None
 
 
-def _model_backend(loaded, canonicalizer: Canonicalizer, *, dtype: str, draft: bool, few_shot: bool = False) -> Backend:
+def _model_backend(
+    loaded, canonicalizer: Canonicalizer, *, dtype: str, draft: bool, few_shot: bool = False
+) -> tuple[Backend, str]:
+    """The backend, and how it runs the model (for people and /v1/info)."""
     from brianft.infer import generate_texts, prepare_for_inference
     from brianft.rules import RulesExtractor
 
     model = prepare_for_inference(loaded.model, dtype)
     rules = RulesExtractor(canonicalizer) if draft else None
+    weights = str(next(model.parameters()).dtype).removeprefix("torch.")
+    inference = f"inference: merged {weights} weights, " + ("rule drafts verified" if draft else "no drafts")
 
     def backend(requests: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
         return generate_texts(
@@ -280,7 +286,7 @@ def _model_backend(loaded, canonicalizer: Canonicalizer, *, dtype: str, draft: b
             few_shot=few_shot,
         )
 
-    return backend
+    return backend, inference
 
 
 def rule_drafts(rules, requests: Sequence[str]) -> list[str]:

@@ -213,5 +213,9 @@ def test_tiny_run_extracts_in_order(tiny_run_dir):
         assert len(result.missing) == len(result.intents)
         if result.error is not None:
             assert result.intents == []
+    # how the model runs is on record (the server's /v1/info shows it)
+    assert "LoRA adapter" in extractor.source and "rule drafts verified" in extractor.source
+    plain = Extractor.from_run(run_dir, dtype="float32", draft=False)
+    assert plain.source.endswith("inference: merged float32 weights, no drafts")
     # a single extract agrees with the batch (greedy decoding)
     assert extractor.extract(requests[2]).to_dict() == results[2].to_dict()

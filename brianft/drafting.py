@@ -30,6 +30,7 @@ RESYNC_LOOKAHEAD = 8
 class _Row:
     pending: list[int]  # tokens the cache has not seen yet: the prompt, then the last generated token
     draft: list[int]
+    copies: list[list[int]] = field(default_factory=list)  # pieces of the request, as the output writes them
     generated: list[int] = field(default_factory=list)
     seen: int = 0  # tokens in the cache that count (the next position id)
     cursor: int = 0  # where in the draft the generated text currently is
@@ -46,17 +47,21 @@ def draft_verify_generate(
     eos_id: int,
     pad_id: int,
     max_new_tokens: int,
+    copies: Sequence[list[list[int]]] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of `prompts` (without EOS), one batch, verifying `drafts` as it goes.
+    `copies` (per prompt: pieces of the request tokenized as the output would write them) feed
+    later drafts where the model left the draft: values are copied from the request.
 
     `body` is the decoder stack (hidden states out), `head` the output projection: logits are
     computed only where a token is chosen, never over the prompt.
     """
     device = next(body.parameters()).device
     shared = _shared_prefix(prompts)
+    copies = copies if copies is not None else [[] for _ in prompts]
     rows = [
-        _Row(pending=list(prompt[shared:]), draft=list(draft), seen=shared)
-        for prompt, draft in zip(prompts, drafts, strict=True)
+        _Row(pending=list(prompt[shared:]), draft=list(draft), copies=list(pieces), seen=shared)
+        for prompt, draft, pieces in zip(prompts, drafts, copies, strict=True)
     ]
     cache = DynamicCache()
     mask = torch.ones((len(rows), shared), dtype=torch.long, device=device)
@@ -112,9 +117,8 @@ def _choices(head: torch.nn.Module, hidden: torch.Tensor, counts: list[int]) -> 
 
 
 def _propose(row: _Row) -> list[int]:
-    """The draft tokens to verify next: the whole draft at first, then a resynchronised piece."""
-    if not row.draft:
-        return []
+    """The draft tokens to verify next: the whole draft at first, then a resynchronised piece of
+    it, else the rest of a piece of the request that the output has started to copy."""
     if not row.generated:
         return row.draft
     # Find the generated tail in the draft, nearest the cursor, longest match first: after the
@@ -128,6 +132,11 @@ def _propose(row: _Row) -> list[int]:
             start = min(starts, key=lambda i: (i + n < row.cursor, abs(i + n - row.cursor)))
             row.cursor = start + n
             return row.draft[row.cursor : row.cursor + RESYNC_LOOKAHEAD]
+    for n in (2, 1):
+        tail = row.generated[-n:]
+        for piece in row.copies:
+            if len(piece) > n and piece[:n] == tail:
+                return piece[n : n + RESYNC_LOOKAHEAD]
     return []
 
 

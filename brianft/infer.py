@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,8 +70,10 @@ def generate_texts(
         with merged_lora(model):
             prompts = [encode_prompt(tokenizer, request, is_seq2seq, few_shot=few_shot) for request in requests]
             draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
-            decode = _hf_generate if is_seq2seq or _body_and_head(model) is None else _draft_verify
-            return decode(model, tokenizer, prompts, draft_ids, batch_size, max_new_tokens)
+            if is_seq2seq or _body_and_head(model) is None:
+                return _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens)
+            copies = [request_pieces(tokenizer, request) for request in requests] if drafts else None
+            return _draft_verify(model, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens)
     finally:
         model.train(was_training)
 
@@ -155,7 +158,18 @@ def _chunks(prompts: list[list[int]], batch_size: int, drafts: list[list[int]] |
         yield chunk
 
 
-def _draft_verify(model, tokenizer, prompts, draft_ids, batch_size, max_new_tokens) -> list[str]:
+def request_pieces(tokenizer, request: str, words: int = 3) -> list[list[int]]:
+    """Token ids of the request from each word on (up to `words` words), tokenized without the
+    leading space, as a value reads after `=` in the output: what a copied value continues with."""
+    starts = [m.start() for m in re.finditer(r"\S+", request)]
+    pieces = []
+    for k, start in enumerate(starts):
+        end = starts[k + words] if k + words < len(starts) else len(request)
+        pieces.append(tokenizer(request[start:end].rstrip(), add_special_tokens=False)["input_ids"])
+    return pieces
+
+
+def _draft_verify(model, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens) -> list[str]:
     body, head = _body_and_head(model)
     outputs: list[str] = [""] * len(prompts)
     for chunk in _chunks(prompts, batch_size, draft_ids):
@@ -167,6 +181,7 @@ def _draft_verify(model, tokenizer, prompts, draft_ids, batch_size, max_new_toke
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens,
+            copies=[copies[i] for i in chunk] if copies else None,
         )
         for index, tokens in zip(chunk, generated, strict=True):
             outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -174,7 +189,7 @@ def _draft_verify(model, tokenizer, prompts, draft_ids, batch_size, max_new_toke
 
 
 @torch.inference_mode()
-def _hf_generate(model, tokenizer, prompts, _draft_ids, batch_size, max_new_tokens) -> list[str]:
+def _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens) -> list[str]:
     """transformers' own greedy generate: encoder-decoder models, and any model whose decoder
     body and head cannot be separated."""
     outputs: list[str] = [""] * len(prompts)

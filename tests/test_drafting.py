@@ -152,3 +152,18 @@ def test_inference_dtype_names():
     assert inference_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
     with pytest.raises(ValueError, match="float16"):
         inference_dtype("float16", torch.device("cpu"))
+
+
+def test_request_pieces_and_copy_proposals(tiny_llama_dir):
+    from brianft.drafting import _propose, _Row
+    from brianft.infer import request_pieces
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    pieces = request_pieces(tokenizer, "bridge  100 usdt from ethereum", words=2)
+    decoded = [tokenizer.decode(piece) for piece in pieces]
+    assert decoded == ["bridge  100", "100 usdt", "usdt from", "from ethereum", "ethereum"]
+    # The model left the draft and started copying "usdt from": the rest of the piece is proposed.
+    usdt_from = pieces[2]
+    row = _Row(pending=[], draft=[1, 2, 3], copies=pieces, generated=[9, 9, usdt_from[0]])
+    assert _propose(row) == usdt_from[1:9]
+    assert _propose(_Row(pending=[], draft=[], copies=pieces, generated=[9, 9])) == []

@@ -96,6 +96,9 @@ class ServeConfig(_Strict):
     max_batch_size: int = Field(16, ge=1, le=1024, description="most prompts extracted together in one model call")
     max_wait_ms: float = Field(10.0, ge=0, le=1000, description="how long an idle server waits for a batch to fill")
     max_prompts_per_request: int = Field(64, ge=1, le=10_000, description="most prompts in one batch request")
+    max_queued_prompts: int = Field(
+        1024, ge=1, le=1_000_000, description="prompts waiting for the model; more are refused with 503 (overload)"
+    )
     # SecretStr: the key is masked in repr, logs and dumped configs.
     api_key: SecretStr | None = Field(None, min_length=8, description="require this key on /v1 and /api")
     api_key_env: str | None = Field(

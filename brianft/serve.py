@@ -69,6 +69,10 @@ class _Job:
     future: asyncio.Future[tuple[Outcome, int]]  # (outcome, size of the batch the prompt ran in)
 
 
+class Overloaded(RuntimeError):
+    """More prompts are waiting for the model than the server is configured to hold."""
+
+
 class MicroBatcher:
     """Groups prompts of concurrent requests into one `extract` call, run in one worker thread.
 
@@ -77,10 +81,15 @@ class MicroBatcher:
     """
 
     def __init__(
-        self, extract: Callable[[list[str]], list[ExtractionResult]], max_batch_size: int, max_wait_ms: float
+        self,
+        extract: Callable[[list[str]], list[ExtractionResult]],
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queued: int = 1024,
     ) -> None:
         self._extract = extract
         self.max_batch_size = max_batch_size
+        self.max_queued = max_queued
         self.max_wait_s = max_wait_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()  # replaced in start(): a queue belongs to one loop
         # One thread: the model is not thread-safe, and one batch at a time is what batching is for.
@@ -108,6 +117,9 @@ class MicroBatcher:
         """The outcome of every prompt, in order, with the size of the batch it ran in."""
         if not self.running:
             raise RuntimeError("the extraction worker is not running")
+        if self._queue.qsize() + len(prompts) > self.max_queued:
+            # Shed load rather than let every client's wait grow without bound.
+            raise Overloaded(f"the server is busy ({self._queue.qsize()} prompts waiting); retry shortly")
         loop = asyncio.get_running_loop()
         jobs = [_Job(prompt, loop.create_future()) for prompt in prompts]
         for job in jobs:
@@ -243,7 +255,7 @@ class ErrorBody(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 413, 422, 500)
+    code: {"model": ErrorBody} for code in (401, 413, 422, 500, 503)
 }  # documented in OpenAPI instead of FastAPI's default 422 body
 
 # --------------------------------------------------------------------------- the app
@@ -251,7 +263,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def create_app(extractor: Extractor, settings: ServeConfig) -> FastAPI:
     """The API for `extractor`. The worker starts and stops with the app (ASGI lifespan)."""
-    batcher = MicroBatcher(extractor.extract_batch, settings.max_batch_size, settings.max_wait_ms)
+    batcher = MicroBatcher(
+        extractor.extract_batch, settings.max_batch_size, settings.max_wait_ms, settings.max_queued_prompts
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -344,7 +358,10 @@ async def _extract(request: Request, prompts: list[str], *, refuse: bool) -> lis
     note.update(prompts=len(prompts), prompt_chars=sum(map(len, prompts)), texts=prompts)
     if refuse and (problem := next(filter(None, map(extractor.refusal, prompts)), None)):
         raise HTTPException(422, problem)
-    outcomes = await request.app.state.batcher.submit(prompts)
+    try:
+        outcomes = await request.app.state.batcher.submit(prompts)
+    except Overloaded as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
     note["batch_size"] = max(size for _, size in outcomes)
     if failed := [outcome for outcome, _ in outcomes if isinstance(outcome, Exception)]:
         raise HTTPException(500, f"internal error: the extractor failed ({type(failed[0]).__name__}); see the log")

@@ -321,6 +321,31 @@ def test_prompts_queued_during_a_batch_run_next_without_waiting():
     assert elapsed < 5  # "e" did not wait max_wait_ms for company
 
 
+def test_overload_is_a_503_and_the_server_recovers(rules):
+    """Beyond max_queued_prompts waiting prompts, requests are shed with 503 + Retry-After
+    instead of queueing without bound; once the queue drains, requests succeed again."""
+    extractor, _ = recording(rules, delay=0.5)
+    with serving(extractor, max_batch_size=1, max_wait_ms=0, max_queued_prompts=2) as client:
+        base = str(client.base_url)
+
+        def post(n: int) -> httpx.Response:
+            with httpx.Client(base_url=base, timeout=30) as own:
+                return own.post("/v1/extract", json={"prompt": f"wrap {n} eth"})
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(pool.map(post, range(1, 9)))
+        codes = sorted(r.status_code for r in responses)
+        assert 503 in codes and 200 in codes, codes
+        shed = next(r for r in responses if r.status_code == 503)
+        assert shed.headers["Retry-After"] == "1" and "busy" in shed.json()["error"]
+        for response in responses:
+            if response.status_code == 200:  # every answered client got its own prompt's answer
+                assert response.json()["prompt"] == f"wrap {response.json()['intents'][0]['amount']} eth"
+        assert client.post("/v1/extract", json={"prompt": "wrap 9 eth"}).status_code == 200
+        big = client.post("/v1/extract/batch", json={"prompts": ["wrap 1 eth"] * 3})
+        assert big.status_code == 503  # more prompts than the queue may ever hold
+
+
 # --------------------------------------------------------------------------- API key, CORS, logs
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from brianft.prompting import collate_for_generation
+
 # Later drafts are shorter: after a disagreement the draft is a resynchronised guess.
 RESYNC_LOOKAHEAD = 8
 
@@ -141,18 +143,12 @@ def _propose(row: _Row) -> list[int]:
 
 
 def _feed(active: list[_Row], proposals: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
-    """Right-aligned input ids, their attention mask and per-row position ids."""
-    feeds = [row.pending + proposal for row, proposal in zip(active, proposals, strict=True)]
-    width = max(len(feed) for feed in feeds)
-    ids = torch.full((len(feeds), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(feeds), width), dtype=torch.long)
-    positions = torch.zeros((len(feeds), width), dtype=torch.long)
-    for b, (row, feed) in enumerate(zip(active, feeds, strict=True)):
-        start = width - len(feed)
-        ids[b, start:] = torch.tensor(feed)
-        mask[b, start:] = 1
-        positions[b, start:] = torch.arange(row.seen, row.seen + len(feed))
-    return ids.to(device), mask.to(device), positions.to(device)
+    """Right-aligned (left-padded) input ids, their attention mask and per-row position ids."""
+    batch = collate_for_generation([row.pending + p for row, p in zip(active, proposals, strict=True)], pad_id)
+    mask = batch["attention_mask"]
+    seen = torch.tensor([row.seen for row in active])[:, None]
+    positions = (seen + mask.cumsum(dim=1) - 1) * mask
+    return batch["input_ids"].to(device), mask.to(device), positions.to(device)
 
 
 def _accept(row: _Row, proposal: list[int], choices: list[int], eos_id: int, max_new_tokens: int) -> int:

@@ -69,11 +69,12 @@ def generate_texts(
     try:
         with merged_lora(model):
             prompts = [encode_prompt(tokenizer, request, is_seq2seq, few_shot=few_shot) for request in requests]
-            draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
-            if is_seq2seq or _body_and_head(model) is None:
+            body_and_head = None if is_seq2seq else _body_and_head(model)
+            if body_and_head is None:
                 return _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens)
+            draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
             copies = [request_pieces(tokenizer, request) for request in requests] if drafts else None
-            return _draft_verify(model, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens)
+            return _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens)
     finally:
         model.train(was_training)
 
@@ -169,8 +170,8 @@ def request_pieces(tokenizer, request: str, words: int = 3) -> list[list[int]]:
     return pieces
 
 
-def _draft_verify(model, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens) -> list[str]:
-    body, head = _body_and_head(model)
+def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens) -> list[str]:
+    body, head = body_and_head
     outputs: list[str] = [""] * len(prompts)
     for chunk in _chunks(prompts, batch_size, draft_ids):
         generated = draft_verify_generate(

@@ -272,12 +272,20 @@ DraftOption = Annotated[
     typer.Option("--draft/--no-draft", help="Verify the rules' guess of each output in bulk (same output, faster)."),
 ]
 
+ConstrainOption = Annotated[
+    bool,
+    typer.Option(
+        "--constrain/--no-constrain",
+        help="Let the model write only valid intents whose values occur in the request (default on).",
+    ),
+]
 
-def _extractor(model: str, batch_size: int, dtype: str = "auto", draft: bool = True):
+
+def _extractor(model: str, batch_size: int, dtype: str = "auto", draft: bool = True, constrain: bool = True):
     from brianft.extract import Extractor
 
     with user_errors():
-        return Extractor.load(model, batch_size=batch_size, dtype=dtype, draft=draft)
+        return Extractor.load(model, batch_size=batch_size, dtype=dtype, draft=draft, constrain=constrain)
 
 
 @app.command()
@@ -292,6 +300,7 @@ def predict(
     batch_size: BatchSizeOption = 16,
     dtype: DtypeOption = "auto",
     draft: DraftOption = True,
+    constrain: ConstrainOption = True,
 ) -> None:
     """Extract the intents of a request (printed as JSON) or of every request in a file."""
     from brianft.extract import DEFAULT_RUN, check_writable, read_requests, write_results
@@ -306,7 +315,7 @@ def predict(
         requests = read_requests(input_file) if input_file is not None else [request]
         if output is not None:
             check_writable(output, overwrite=overwrite)
-    extractor = _extractor(model or str(DEFAULT_RUN), batch_size, dtype, draft)
+    extractor = _extractor(model or str(DEFAULT_RUN), batch_size, dtype, draft, constrain)
     results = extractor.extract_batch(requests)
     if input_file is None:
         sys.stdout.write(json.dumps(results[0].to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -335,6 +344,7 @@ def evaluate(
     batch_size: BatchSizeOption = 16,
     dtype: DtypeOption = "auto",
     draft: DraftOption = True,
+    constrain: ConstrainOption = True,
 ) -> None:
     """Score extractors by real generation on a labelled file: metrics.json, report.md, PNGs, and a
     side-by-side table. The zero-shot baseline uses the base model of --model's run."""
@@ -361,7 +371,7 @@ def evaluate(
             systems.append((f"baseline: {name}", name, systems[0][2] / f"baseline-{name}"))
     named: dict[str, dict] = {}
     for name, spec, directory in systems:
-        extractor = _baseline_of(model, spec, batch_size, dtype, draft)
+        extractor = _baseline_of(model, spec, batch_size, dtype, draft, constrain)
         with user_errors():
             examples = read_examples(data, extractor.canonicalizer, mode="validate")
             metrics = evaluate_extractor(extractor, examples)
@@ -403,15 +413,15 @@ def serve(
     run_server(extractor, settings)
 
 
-def _baseline_of(model: str | None, spec: str, batch_size: int, dtype: str, draft: bool):
+def _baseline_of(model: str | None, spec: str, batch_size: int, dtype: str, draft: bool, constrain: bool):
     """The extractor for `spec`; a zero-shot baseline next to a run uses that run's base model."""
     from brianft.extract import ZERO_SHOT, Extractor
 
     if spec != ZERO_SHOT or model is None or not (Path(model) / "config.yaml").is_file():
-        return _extractor(spec, batch_size, dtype, draft)
+        return _extractor(spec, batch_size, dtype, draft, constrain)
     with user_errors():
         base = load_config(Path(model) / "config.yaml").model
-        return Extractor.zero_shot(base, batch_size=batch_size, dtype=dtype, draft=draft)
+        return Extractor.zero_shot(base, batch_size=batch_size, dtype=dtype, draft=draft, constrain=constrain)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from brianft.constrain import TOP_K, ConstrainedPicker
 from brianft.prompting import collate_for_generation
 
 # Later drafts are shorter: after a disagreement the draft is a resynchronised guess.
@@ -37,6 +38,7 @@ class _Row:
     seen: int = 0  # tokens in the cache that count (the next position id)
     cursor: int = 0  # where in the draft the generated text currently is
     done: bool = False
+    picker: ConstrainedPicker | None = None
 
 
 @torch.inference_mode()
@@ -50,10 +52,13 @@ def draft_verify_generate(
     pad_id: int,
     max_new_tokens: int,
     copies: Sequence[list[list[int]]] | None = None,
+    pickers: Sequence[ConstrainedPicker] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of `prompts` (without EOS), one batch, verifying `drafts` as it goes.
     `copies` (per prompt: pieces of the request tokenized as the output would write them) feed
     later drafts where the model left the draft: values are copied from the request.
+    `pickers` (one per prompt) constrain each choice to valid outputs (`brianft.constrain`): the
+    result is then the constrained greedy output, whatever the draft.
 
     `body` is the decoder stack (hidden states out), `head` the output projection: logits are
     computed only where a token is chosen, never over the prompt.
@@ -61,9 +66,10 @@ def draft_verify_generate(
     device = next(body.parameters()).device
     shared = _shared_prefix(prompts)
     copies = copies if copies is not None else [[] for _ in prompts]
+    pickers = pickers if pickers is not None else [None] * len(prompts)
     rows = [
-        _Row(pending=list(prompt[shared:]), draft=list(draft), copies=list(pieces), seen=shared)
-        for prompt, draft, pieces in zip(prompts, drafts, copies, strict=True)
+        _Row(pending=list(prompt[shared:]), draft=list(draft), copies=list(pieces), seen=shared, picker=picker)
+        for prompt, draft, pieces, picker in zip(prompts, drafts, copies, pickers, strict=True)
     ]
     cache = DynamicCache()
     mask = torch.ones((len(rows), shared), dtype=torch.long, device=device)
@@ -81,7 +87,7 @@ def draft_verify_generate(
         hidden = body(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         ).last_hidden_state
-        choices = _choices(head, hidden, [len(p) + 1 for p in proposals])
+        choices = _choices(head, hidden, [len(p) + 1 for p in proposals], TOP_K if any(pickers) else 1)
         for b, (row, proposal) in enumerate(zip(active, proposals, strict=True)):
             rejected = _accept(row, proposal, choices[b], eos_id, max_new_tokens)
             if rejected:
@@ -103,17 +109,25 @@ def _shared_prefix(prompts: Sequence[list[int]]) -> int:
     return max(shared, 0)
 
 
-def _choices(head: torch.nn.Module, hidden: torch.Tensor, counts: list[int]) -> list[list[int]]:
-    """The model's token after each of the last `counts[b]` positions of row b (feeds are
-    right-aligned: the last pending token, then the draft). Only those positions go through the
-    output head: over a padded rectangle it would cost as much as the rest of the pass."""
+@dataclass(frozen=True)
+class _Choices:
+    best: list[list[int]]  # per position: the model's best tokens, best first
+    logits: torch.Tensor  # per position: all scores, for a constrained choice outside `best`
+
+
+def _choices(head: torch.nn.Module, hidden: torch.Tensor, counts: list[int], k: int) -> list[_Choices]:
+    """The model's `k` best tokens, best first, after each of the last `counts[b]` positions of
+    row b (feeds are right-aligned: the last pending token, then the draft). Only those positions
+    go through the output head: over a padded rectangle it would cost as much as the rest of the pass."""
     width = hidden.shape[1]
     rows = torch.cat([torch.full((n,), b) for b, n in enumerate(counts)])
     cols = torch.cat([torch.arange(width - n, width) for n in counts])
-    flat = head(hidden[rows.to(hidden.device), cols.to(hidden.device)]).argmax(dim=-1).tolist()
+    logits = head(hidden[rows.to(hidden.device), cols.to(hidden.device)])
+    flat = logits.argmax(dim=-1, keepdim=True) if k == 1 else logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    flat = flat.tolist()
     out, start = [], 0
     for n in counts:
-        out.append(flat[start : start + n])
+        out.append(_Choices(flat[start : start + n], logits[start : start + n]))
         start += n
     return out
 
@@ -151,15 +165,23 @@ def _feed(active: list[_Row], proposals: list[list[int]], pad_id: int, device) -
     return batch["input_ids"].to(device), mask.to(device), positions.to(device)
 
 
-def _accept(row: _Row, proposal: list[int], choices: list[int], eos_id: int, max_new_tokens: int) -> int:
+def _accept(row: _Row, proposal: list[int], choices: _Choices, eos_id: int, max_new_tokens: int) -> int:
     """Keep the agreed prefix of `proposal` and the model's next token; return how many fed
     draft tokens were rejected (their cache entries must be masked out)."""
+
+    def choice_after(agreed: int) -> int:
+        if row.picker is None:
+            return choices.best[agreed][0]
+        return row.picker.pick(row.generated + proposal[:agreed], choices.best[agreed], choices.logits[agreed])
+
     agreed = 0
-    while agreed < len(proposal) and choices[agreed] == proposal[agreed]:
+    choice = choice_after(0)
+    while agreed < len(proposal) and choice == proposal[agreed] and choice != eos_id:
         agreed += 1
+        choice = choice_after(agreed)
     row.seen += len(row.pending) + agreed
     row.cursor += agreed
-    for token in [*proposal[:agreed], choices[agreed]]:
+    for token in [*proposal[:agreed], choice]:
         if token == eos_id:
             row.done = True
             break
@@ -167,5 +189,5 @@ def _accept(row: _Row, proposal: list[int], choices: list[int], eos_id: int, max
         if len(row.generated) >= max_new_tokens:
             row.done = True
             break
-    row.pending = [choices[agreed]]
+    row.pending = [choice]
     return len(proposal) - agreed

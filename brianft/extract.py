@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from brianft.data.spans import SpanFinder
-from brianft.infer import Prediction, decode_prediction
+from brianft.infer import Generated, Prediction, decode_prediction
 from brianft.normalize import Canonicalizer
 from brianft.schema import Example, Intent
 
@@ -35,8 +35,9 @@ DEFAULT_RUN = Path("runs/default")
 # Fields whose canonical value must come from some span of the request (else: a warning).
 _SPAN_FIELDS = ("token1", "token2", "amount", "amount_out", "chain", "dest_chain", "protocol")
 
-# A backend turns requests into raw output text (target format or JSON), one per request, in order.
-Backend = Callable[[list[str], int, int], list[str]]  # (requests, batch_size, max_new_tokens)
+# A backend turns requests into raw output text (target format or JSON), one per request, in order;
+# a model backend returns `Generated` (the text and where constrained decoding overrode the model).
+Backend = Callable[[list[str], int, int], list[str] | list[Generated]]  # (requests, batch_size, max_new_tokens)
 
 
 @dataclass
@@ -93,9 +94,13 @@ class Extractor:
     # ----------------------------------------------------------------------- constructors
 
     @classmethod
-    def from_run(cls, run_dir: Path | str, *, dtype: str = "auto", draft: bool = True, **kwargs: Any) -> Extractor:
+    def from_run(
+        cls, run_dir: Path | str, *, dtype: str = "auto", draft: bool = True, constrain: bool = True, **kwargs: Any
+    ) -> Extractor:
         """A finished training run: base model + LoRA adapter (merged), with the run's registry and
-        limits. `draft` verifies the rule-based guess of each output in bulk: faster, same output."""
+        limits. `draft` verifies the rule-based guess of each output in bulk: faster, same output.
+        `constrain` lets the model write only valid outputs whose values the request contains
+        (`brianft.constrain`)."""
         from brianft.config import ConfigError, load_config
         from brianft.model import ModelLoadError, load_run
         from brianft.normalize import Registry
@@ -111,7 +116,7 @@ class Extractor:
         canonicalizer = Canonicalizer(Registry.load(cfg.data.registry_dirs))
         kwargs.setdefault("base_model", cfg.model.base)
         kwargs.setdefault("adapter", str(run_dir / "adapter"))
-        backend, inference = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft)
+        backend, inference = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft, constrain=constrain)
         return cls(backend, canonicalizer, source=f"{loaded.source}; {inference}", **kwargs)
 
     @classmethod
@@ -128,6 +133,7 @@ class Extractor:
         *,
         dtype: str = "auto",
         draft: bool = True,
+        constrain: bool = True,
         few_shot: bool = False,
         canonicalizer: Canonicalizer | None = None,
         **kwargs: Any,
@@ -138,7 +144,9 @@ class Extractor:
 
         loaded = load_base_model(model_cfg)
         canonicalizer = canonicalizer or Canonicalizer.default()
-        backend, inference = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft, few_shot=few_shot)
+        backend, inference = _model_backend(
+            loaded, canonicalizer, dtype=dtype, draft=draft, constrain=constrain, few_shot=few_shot
+        )
         source = f"{loaded.source} (few-shot prompt, no adapter)" if few_shot else loaded.source
         source = f"{source}; {inference}"
         kwargs.setdefault("base_model", model_cfg.base)
@@ -168,7 +176,7 @@ class Extractor:
     def load(cls, spec: str | Path = DEFAULT_RUN, **kwargs: Any) -> Extractor:
         """`rules`, `zero-shot`, a training run directory, or a (merged) model directory."""
         if str(spec) == RULES:
-            model_only = ("dtype", "draft")  # options of model backends; the rules have no model
+            model_only = ("dtype", "draft", "constrain")  # options of model backends; the rules have no model
             return cls.rules(**{k: v for k, v in kwargs.items() if k not in model_only})
         if str(spec) == ZERO_SHOT:
             return cls.zero_shot(**kwargs)
@@ -196,7 +204,10 @@ class Extractor:
             if len(outputs) != len(accepted):
                 raise RuntimeError(f"backend returned {len(outputs)} outputs for {len(accepted)} requests")
             for index, output in zip(accepted, outputs, strict=True):
-                results[index] = self.decode(texts[index], output)
+                if isinstance(output, Generated):
+                    results[index] = self.decode(texts[index], output.text, notes=output.notes)
+                else:
+                    results[index] = self.decode(texts[index], output)
         return results  # type: ignore[return-value]
 
     def refusal(self, text: Any) -> str | None:
@@ -213,8 +224,9 @@ class Extractor:
             return f"the request is {len(text)} characters long; the limit is {self.max_prompt_chars}"
         return None
 
-    def decode(self, prompt: str, output: Any) -> ExtractionResult:
-        """Parse, canonicalise and ground the backend's raw output for `prompt`."""
+    def decode(self, prompt: str, output: Any, notes: Sequence[str] = ()) -> ExtractionResult:
+        """Parse, canonicalise and ground the backend's raw output for `prompt`. `notes`: where
+        constrained decoding refused the model's own choice, passed on as warnings."""
         prediction = decode_prediction(output if isinstance(output, str) else "", self.canonicalizer)
         raw = output if isinstance(output, str) else None
         if prediction.error is not None:
@@ -225,11 +237,12 @@ class Extractor:
                 output=raw,
             )
         intents, warnings = ground(prompt, prediction.intents, self._spans)
+        constrained = [f"decoding: {note}" for note in notes]
         return ExtractionResult(
             prompt=prompt,
             intents=[intent.to_dict() for intent in intents],
             missing=[intent.missing() for intent in intents],
-            warnings=[*prediction.warnings, *warnings],
+            warnings=[*prediction.warnings, *warnings, *constrained],
             output=raw,
         )
 
@@ -263,19 +276,22 @@ def _mentions(prompt: str, address: str) -> bool:
 
 
 def _model_backend(
-    loaded, canonicalizer: Canonicalizer, *, dtype: str, draft: bool, few_shot: bool = False
+    loaded, canonicalizer: Canonicalizer, *, dtype: str, draft: bool, constrain: bool, few_shot: bool = False
 ) -> tuple[Backend, str]:
     """The backend, and how it runs the model (for people and /v1/info)."""
-    from brianft.infer import generate_texts, prepare_for_inference
+    from brianft.constrain import request_grammars
+    from brianft.infer import generate, prepare_for_inference
     from brianft.rules import RulesExtractor
 
     model = prepare_for_inference(loaded.model, dtype)
     rules = RulesExtractor(canonicalizer) if draft else None
+    spans = SpanFinder(canonicalizer) if constrain else None
     weights = str(next(model.parameters()).dtype).removeprefix("torch.")
     inference = f"inference: merged {weights} weights, " + ("rule drafts verified" if draft else "no drafts")
+    inference += ", output constrained to the request" if constrain else ", unconstrained output"
 
-    def backend(requests: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
-        return generate_texts(
+    def backend(requests: list[str], batch_size: int, max_new_tokens: int) -> list[Generated]:
+        return generate(
             model,
             loaded.tokenizer,
             requests,
@@ -283,6 +299,7 @@ def _model_backend(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             drafts=rule_drafts(rules, requests) if rules else None,
+            grammars=request_grammars(requests, spans) if spans else None,
             few_shot=few_shot,
         )
 

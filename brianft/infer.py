@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from brianft.constrain import ConstrainedPicker, OutputGrammar, grammar_processor
 from brianft.drafting import draft_verify_generate
 from brianft.normalize import Canonicalizer
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
@@ -43,7 +44,18 @@ def decode_prediction(text: str, canonicalizer: Canonicalizer) -> Prediction:
     return Prediction(text=text, intents=intents, warnings=warnings)
 
 
-def generate_texts(
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    notes: list[str] = field(default_factory=list)  # where constrained decoding refused the model's choice
+
+
+def generate_texts(model, tokenizer, requests: Sequence[str], **options) -> list[str]:
+    """The output text of each request: `generate` without the notes."""
+    return [out.text for out in generate(model, tokenizer, requests, **options)]
+
+
+def generate(
     model,
     tokenizer,
     requests: Sequence[str],
@@ -52,18 +64,23 @@ def generate_texts(
     batch_size: int = 16,
     max_new_tokens: int = 64,
     drafts: Sequence[str] | None = None,
+    grammars: Sequence[OutputGrammar] | None = None,
     few_shot: bool = False,
-) -> list[str]:
+) -> list[Generated]:
     """Greedy generation, batched, in the order of `requests`.
 
     `drafts` (one guess of the output text per request, e.g. the rule-based extractor's) only
     make decoder-only models faster: see `brianft.drafting`; the text is the model's either way.
+    `grammars` (one per request) constrain the output to valid intents with values from the
+    request (`brianft.constrain`).
     `few_shot` prompts with worked examples instead of the fine-tuning prompt (zero-shot baseline).
     A peft model's LoRA weights are merged into the base for the duration: one matmul per
     layer instead of three is most of the cost of a small model's decoding step on a CPU.
     """
-    if drafts is not None and len(drafts) != len(requests):
-        raise ValueError(f"{len(drafts)} drafts for {len(requests)} requests")
+    for name, given in (("drafts", drafts), ("grammars", grammars)):
+        if given is not None and len(given) != len(requests):
+            raise ValueError(f"{len(given)} {name} for {len(requests)} requests")
+    pickers = [ConstrainedPicker(tokenizer, g, tokenizer.eos_token_id) for g in grammars] if grammars else None
     was_training = model.training
     model.eval()
     try:
@@ -71,12 +88,17 @@ def generate_texts(
             prompts = [encode_prompt(tokenizer, request, is_seq2seq, few_shot=few_shot) for request in requests]
             body_and_head = None if is_seq2seq else _body_and_head(model)
             if body_and_head is None:
-                return _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens)
-            draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
-            copies = [request_pieces(tokenizer, request) for request in requests] if drafts else None
-            return _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens)
+                texts = _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers)
+            else:
+                draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
+                copies = [request_pieces(tokenizer, request) for request in requests] if drafts else None
+                texts = _draft_verify(
+                    body_and_head, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens, pickers
+                )
     finally:
         model.train(was_training)
+    notes = [p.overrides for p in pickers] if pickers else [[] for _ in texts]
+    return [Generated(text, list(note)) for text, note in zip(texts, notes, strict=True)]
 
 
 def prepare_for_inference(model, dtype: str = "auto"):
@@ -170,7 +192,7 @@ def request_pieces(tokenizer, request: str, words: int = 3) -> list[list[int]]:
     return pieces
 
 
-def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens) -> list[str]:
+def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens, pickers):
     body, head = body_and_head
     outputs: list[str] = [""] * len(prompts)
     for chunk in _chunks(prompts, batch_size, draft_ids):
@@ -183,6 +205,7 @@ def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_si
             pad_id=tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens,
             copies=[copies[i] for i in chunk] if copies else None,
+            pickers=[pickers[i] for i in chunk] if pickers else None,
         )
         for index, tokens in zip(chunk, generated, strict=True):
             outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -190,7 +213,7 @@ def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_si
 
 
 @torch.inference_mode()
-def _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens) -> list[str]:
+def _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers=None) -> list[str]:
     """transformers' own greedy generate: encoder-decoder models, and any model whose decoder
     body and head cannot be separated."""
     outputs: list[str] = [""] * len(prompts)
@@ -200,8 +223,12 @@ def _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens) -> list[
             k: v.to(device)
             for k, v in collate_for_generation([prompts[i] for i in chunk], tokenizer.pad_token_id).items()
         }
+        # encoder-decoder outputs start with the decoder's start token; decoder-only after the prompt
+        start = 1 if model.config.is_encoder_decoder else batch["input_ids"].shape[1]
+        constrained = [pickers[i] for i in chunk] if pickers else None
         generated = model.generate(
             **batch,
+            logits_processor=grammar_processor(constrained, start, tokenizer.eos_token_id),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,

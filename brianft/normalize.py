@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,7 @@ _MAX_PHRASES = frozenset(
     {
         "all", "max", "maximum", "everything", "unlimited", "infinite", "infinity", "all of it",
         "all of them", "all of my", "all my", "everything i have", "all i have", "the lot",
-        "whole thing", "the whole thing", "all available", "full", "entire",
+        "whole thing", "the whole thing", "all available", "full", "entire", "whole",
     }
 )  # fmt: skip
 _MAX_PATTERN = re.compile(
@@ -266,9 +267,13 @@ class Registry:
                         target[_clean_name(name)] = canonical
         return cls(tokens=tokens, chains=chains, protocols=protocols)
 
-    @property
+    @cached_property
     def chain_slugs(self) -> frozenset[str]:
         return frozenset(self.chains.values())
+
+    @cached_property
+    def protocol_slugs(self) -> frozenset[str]:
+        return frozenset(self.protocols.values())
 
 
 # --------------------------------------------------------------------------- tokens, chains, protocols
@@ -347,6 +352,9 @@ class Canonicalizer:
 
     def is_known_chain(self, slug: str) -> bool:
         return slug in self.registry.chain_slugs
+
+    def is_known_protocol(self, slug: str) -> bool:
+        return slug in self.registry.protocol_slugs
 
     def protocol(self, raw: str) -> str:
         text = _strip_versions(re.sub(r"[._\-]+", " ", _clean_name(str(raw))))

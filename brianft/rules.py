@@ -336,18 +336,23 @@ class _Step:
     continued: bool = False  # an elliptic clause that repeats the previous action
 
 
+# Words a request uses around its values (verbs, politeness, prepositions, fillers): never a token
+# the registry does not know. Constrained decoding (brianft.constrain) uses them too.
+NOT_TOKEN_WORDS = _NOT_TOKENS | set(_VERBS) | _PREFIX_WORDS | set(_CUES) | _FILLERS | set(_PARTICIPLES)
+
+
 class RulesExtractor:
     """Rule-based extraction into the model's target format; see the module docstring."""
 
     def __init__(self, canonicalizer: Canonicalizer | None = None) -> None:
         self.canonicalizer = canonicalizer or Canonicalizer.default()
         registry = self.canonicalizer.registry
-        self._protocol_slugs = frozenset(registry.protocols.values())
+        self._protocol_slugs = registry.protocol_slugs
         self._token_names = frozenset(registry.tokens)
         # Chain slugs that are not token names ("arbitrum", but not "avalanche"): such a word is a
         # token only right after an amount.
         self._chain_only = frozenset(s for s in registry.chain_slugs if len(s) >= 5 and s not in registry.tokens)
-        self._not_tokens = _NOT_TOKENS | set(_VERBS) | _PREFIX_WORDS | set(_CUES) | _FILLERS | set(_PARTICIPLES)
+        self._not_tokens = NOT_TOKEN_WORDS
         self._not_token_typos = tuple(w for w in self._not_tokens if len(w) >= 4)
         # The same words and n-grams come back all the time; canonicalisation is pure: memoise it.
         memo = lru_cache(maxsize=50_000)

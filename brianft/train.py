@@ -196,6 +196,8 @@ def step_batches(lengths: list[int], config: Config, step: int, ranks: Distribut
 
 
 def evaluate_examples(model, tokenizer, examples: list[Example], canonicalizer, config: Config, is_seq2seq: bool):
+    from brianft.constrain import request_grammars
+    from brianft.data.spans import SpanFinder
     from brianft.extract import rule_drafts
     from brianft.rules import RulesExtractor
 
@@ -208,6 +210,7 @@ def evaluate_examples(model, tokenizer, examples: list[Example], canonicalizer, 
         batch_size=config.train.eval_batch_size,
         max_new_tokens=config.train.max_new_tokens,
         drafts=rule_drafts(RulesExtractor(canonicalizer), prompts),  # faster; the output is the model's
+        grammars=request_grammars(prompts, SpanFinder(canonicalizer)),  # as `Extractor.from_run` decodes
     )
     predictions = [decode_prediction(text, canonicalizer) for text in texts]
     return score_predictions(examples, predictions), predictions

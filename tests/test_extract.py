@@ -215,7 +215,11 @@ def test_tiny_run_extracts_in_order(tiny_run_dir):
             assert result.intents == []
     # how the model runs is on record (the server's /v1/info shows it)
     assert "LoRA adapter" in extractor.source and "rule drafts verified" in extractor.source
-    plain = Extractor.from_run(run_dir, dtype="float32", draft=False)
-    assert plain.source.endswith("inference: merged float32 weights, no drafts")
+    assert extractor.source.endswith("output constrained to the request")
+    plain = Extractor.from_run(run_dir, dtype="float32", draft=False, constrain=False)
+    assert plain.source.endswith("inference: merged float32 weights, no drafts, unconstrained output")
+    # constrained: every output is valid, or a warning says decoding gave up on it
+    for result in results:
+        assert result.error is None or result.prompt == "" or any("unchecked" in w for w in result.warnings)
     # a single extract agrees with the batch (greedy decoding)
     assert extractor.extract(requests[2]).to_dict() == results[2].to_dict()

@@ -62,6 +62,22 @@ class SpanFinder:
         except NormalizationError:
             return None
 
+    def canonical(self, field: str, text: str) -> str | None:
+        """The canonical value of `text` as `field`, or None where it is not one."""
+        return self._canonical(field, text)
+
+    def is_known(self, field: str, canonical: str) -> bool:
+        """Whether the registry knows a canonical chain or protocol (other fields: always)."""
+        if field in ("chain", "dest_chain"):
+            return self._canonicalizer.is_known_chain(canonical)
+        if field == "protocol":
+            return self._canonicalizer.is_known_protocol(canonical)
+        return True
+
+    def is_known_token(self, text: str) -> bool:
+        """Whether the registry knows `text` as a token name ("usd coin", "eth")."""
+        return " ".join(text.lower().lstrip("$").split()) in self._canonicalizer.registry.tokens
+
     def find(self, prompt: str, field: str, value: str) -> str | None:
         """The span of `prompt` that canonicalises to `value`, or None.
 

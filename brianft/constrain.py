@@ -1,0 +1,254 @@
+"""Constrained decoding: the model may only write what the target format can hold, with every
+value taken from the request.
+
+Why: a fine-tuned 135M model mostly gets a request right, and when it goes wrong it is often by
+writing something the request does not contain: half an ENS name (`wr.eth` for `dwr.eth`), a
+word glued to the next (`plaineth`), an action word as a chain (`chain=unwrap`), a field twice.
+Such outputs are never right, so decoding excludes them: at each step the model's best token is
+taken only if the output text stays a prefix of some valid output, else its next best, and so on.
+
+A valid output (`brianft.target`) is `none`, or one line per intent: an action, then
+`; field=value` pairs in schema order, each field allowed for the action and written once. Each
+value is a span of the request (between word boundaries, case-insensitive) that canonicalises as
+its field: a token, an amount, an address; for chain, dest_chain and protocol a name the registry
+knows. So a chain or protocol the registry does not know cannot be extracted: the field is left
+out, and the caller is told (`ConstrainedPicker.overrides`), never handed an invented value.
+
+The check is on decoded text, so it works with any tokenizer, and it only runs on the few
+candidates greedy decoding looks at (the model's top `TOP_K`), not on the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from brianft.data.spans import SpanFinder
+from brianft.schema import ALLOWED_FIELDS, FIELDS, Action
+from brianft.target import FIELD_SEPARATOR, NO_INTENT
+
+TOP_K = 32
+MAX_VALUE_WORDS = 6
+_ACTIONS = tuple(a.value for a in Action)
+_FIELD_ORDER = {name: index for index, name in enumerate(FIELDS)}
+_KNOWN_ONLY = ("chain", "dest_chain", "protocol")
+_NUMBER = re.compile(r"^[\d.,]+$")
+# A value starts and ends at a word's edge, or where a number meets the word glued to it ("49ether").
+_PIECE = re.compile(r"\d[\d.,]*(?=[^\W\d_])|\S+")
+_EDGE_PUNCTUATION = "\"'()[]{}!?,;:…*"
+# Words after which a name that is both a token and a chain ("eth", "matic") is the token.
+_TOKEN_CUES = frozenset({"my", "of", "for", "plain", "the", "some", "your", "our", "all", "more", "much"})
+
+
+@dataclass(frozen=True)
+class OutputGrammar:
+    """The outputs allowed for one request: `values[field]` maps each allowed value, lower-cased,
+    to how the request writes it."""
+
+    values: dict[str, dict[str, str]]
+
+    @classmethod
+    def for_request(cls, request: str, spans: SpanFinder) -> OutputGrammar:
+        from brianft.rules import NOT_TOKEN_WORDS  # here: the rules module imports the decoder
+
+        candidates = _value_candidates(request)
+        values: dict[str, dict[str, str]] = {}
+        for name in FIELDS:
+            allowed: dict[str, str] = {}
+            for text, before in candidates:
+                canonical = spans.canonical(name, text)
+                if canonical is None:
+                    continue
+                if name in _KNOWN_ONLY and not spans.is_known(name, canonical):
+                    continue
+                # an unknown ticker is one word, not a number, not a word that frames values
+                unknown_token = name.startswith("token") and not spans.is_known_token(text)
+                if unknown_token and (" " in text or _NUMBER.match(text) or text.lower() in NOT_TOKEN_WORDS):
+                    continue
+                if name.endswith("chain") and spans.is_known_token(text) and _introduces_token(before):
+                    continue  # "eth" is a chain in "on eth", a token in "half my eth" or "1 eth"
+                allowed.setdefault(text.lower(), text)
+            values[name] = allowed
+        return cls(values)
+
+    @cached_property
+    def has_non_ascii(self) -> bool:
+        return any(not text.isascii() for allowed in self.values.values() for text in allowed)
+
+    def phrases(self) -> list[str]:
+        """Everything an output is made of, as written: to find tokens that can continue it."""
+        words = [*_ACTIONS, NO_INTENT, *(f"{name}=" for name in FIELDS), FIELD_SEPARATOR, "\n"]
+        return words + [text for allowed in self.values.values() for text in allowed.values()]
+
+    def allows_prefix(self, text: str) -> bool:
+        return self._status(text) is not None
+
+    def allows_end(self, text: str) -> bool:
+        return self._status(text) is True
+
+    def _status(self, text: str) -> bool | None:
+        """None: no valid output starts with `text`; else whether `text` is a whole valid output."""
+        text = text.lstrip()
+        if not text or NO_INTENT.startswith(text):
+            return text == NO_INTENT
+        *done, last = text.split("\n")
+        if any(self._line(line) is not True for line in done):
+            return None
+        return False if last == "" else self._line(last)
+
+    def _line(self, line: str) -> bool | None:
+        action, separator, rest = line.partition(";")
+        if not separator:
+            if action in _ACTIONS:
+                return True
+            return False if any(a.startswith(action) for a in _ACTIONS) else None
+        if action not in _ACTIONS:
+            return None
+        allowed = ALLOWED_FIELDS[Action(action)]
+        previous = -1
+        pairs = (";" + rest).split(FIELD_SEPARATOR.rstrip())[1:]
+        for index, pair in enumerate(pairs):
+            last = index == len(pairs) - 1
+            if pair == "" and last:
+                pair = " "  # "; " is half written: a field must still be possible
+            if not pair.startswith(" "):
+                return None
+            name, equals, value = pair[1:].partition("=")
+            if not equals:
+                fits = any(f.startswith(name) and _FIELD_ORDER[f] > previous and self.values[f] for f in allowed)
+                return False if last and fits else None
+            if name not in allowed or _FIELD_ORDER[name] <= previous:
+                return None
+            previous = _FIELD_ORDER[name]
+            status = self._value(name, value)
+            if last or status is not True:
+                return status if last else None
+        return None  # pragma: no cover - the loop always returns
+
+    def _value(self, name: str, value: str) -> bool | None:
+        value = value.lower()
+        allowed = self.values[name]
+        if value in allowed:
+            return True
+        return False if any(v.startswith(value) for v in allowed) else None
+
+
+def _value_candidates(request: str) -> list[tuple[str, str]]:
+    """Every run of up to MAX_VALUE_WORDS pieces of the request, edge punctuation trimmed, with
+    the word before it (lower case), in order of appearance."""
+    pieces = []
+    for match in _PIECE.finditer(request):
+        start, end = match.start(), match.end()
+        while start < end and request[start] in _EDGE_PUNCTUATION:
+            start += 1
+        while end > start and request[end - 1] in _EDGE_PUNCTUATION + ".":
+            end -= 1
+        if request[start:end].lower().endswith(("'s", "’s")):  # possessive: "bob.eth's"
+            end -= 2
+        if start < end:
+            pieces.append((start, end))
+    out = []
+    for i, (start, _) in enumerate(pieces):
+        before = request[pieces[i - 1][0] : pieces[i - 1][1]].lower() if i else ""
+        for j in range(i, min(i + MAX_VALUE_WORDS, len(pieces))):
+            out.append((request[start : pieces[j][1]], before))
+            if request[pieces[j][1] : pieces[j][1] + 1] == ".":  # "usdc." may end "usdc.e"; also keep the dot
+                out.append((request[start : pieces[j][1] + 1], before))
+    return out
+
+
+def _introduces_token(word: str) -> bool:
+    return word in _TOKEN_CUES or bool(word) and word[0].isdigit()
+
+
+@dataclass
+class ConstrainedPicker:
+    """Greedy choice under an `OutputGrammar` for one request's output tokens."""
+
+    tokenizer: object
+    grammar: OutputGrammar
+    eos_id: int
+    overrides: list[str] = field(default_factory=list)  # where the model's own choice was refused
+    gave_up: bool = False  # no candidate fitted: decoding went on unconstrained
+
+    _vocabulary: list[int] | None = field(default=None, repr=False)
+
+    def pick(self, generated: list[int], candidates: list[int], scores=None) -> int:
+        """The first of `candidates` (the model's best tokens, best first) that keeps the output
+        valid; else, when the logits `scores` are given, the best-scored token that does among
+        those the output can be made of."""
+        if self.gave_up:
+            return candidates[0]
+        text = self._text(generated)
+        for token in candidates:
+            if self._fits(text, generated, token):
+                if token != candidates[0]:
+                    self._note(text, candidates[0])
+                return token
+        if scores is not None:
+            vocabulary = self._phrase_tokens()
+            ranked = sorted(vocabulary, key=lambda t: float(scores[t]), reverse=True)
+            for token in ranked:
+                if self._fits(text, generated, token):
+                    self._note(text, candidates[0])
+                    return token
+        self.gave_up = True
+        self.overrides.append(f"after {text.strip()[-40:]!r} no valid continuation was found; the output is unchecked")
+        return candidates[0]
+
+    def _fits(self, text: str, generated: list[int], token: int) -> bool:
+        if token == self.eos_id:
+            return self.grammar.allows_end(text)
+        extended = self._text([*generated, token])
+        whole = extended.rstrip("\ufffd")
+        if len(extended) - len(whole) > 3 or (whole != extended and not self.grammar.has_non_ascii):
+            return False  # at most one character's bytes may be pending, and only where one can be written
+        return self.grammar.allows_prefix(whole)
+
+    def _phrase_tokens(self) -> list[int]:
+        """Every token of the grammar's phrases, tokenized alone and after a space, and EOS."""
+        if self._vocabulary is None:
+            ids = {self.eos_id}
+            for phrase in self.grammar.phrases():
+                for text in (phrase, " " + phrase):
+                    ids.update(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._vocabulary = sorted(ids)
+        return self._vocabulary
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _note(self, text: str, preferred: int) -> None:
+        wanted = "end of output" if preferred == self.eos_id else repr(self._text([preferred]).strip() or " ")
+        self.overrides.append(
+            f"after {text.strip()[-40:]!r} the model preferred {wanted}, which the request does not support"
+        )
+
+
+def grammar_processor(pickers: list[ConstrainedPicker] | None, start: int, eos_id: int):
+    """`pickers` as a transformers logits processor for `generate` (greedy), or None. `start`:
+    where the output begins in the ids `generate` passes (after the prompt, or the decoder's
+    start token)."""
+    if not pickers:
+        return None
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class _GrammarProcessor(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            top = scores.topk(min(TOP_K, scores.shape[-1]), dim=-1).indices.tolist()
+            for b, picker in enumerate(pickers):
+                generated = input_ids[b, start:].tolist()
+                if eos_id in generated:
+                    continue  # finished; generate pads it
+                choice = picker.pick(generated, top[b], scores[b])
+                best = scores[b, choice].clone()
+                scores[b] = float("-inf")
+                scores[b, choice] = best
+            return scores
+
+    return LogitsProcessorList([_GrammarProcessor()])
+
+
+def request_grammars(requests: list[str], spans: SpanFinder) -> list[OutputGrammar]:
+    return [OutputGrammar.for_request(request, spans) for request in requests]

@@ -1,0 +1,194 @@
+"""Constrained decoding: the grammar accepts every label of the data and refuses what a request
+does not support; decoding under it gives valid output on any model, drafted or not."""
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from brianft.constrain import ConstrainedPicker, OutputGrammar, request_grammars
+from brianft.data.spans import SpanFinder
+from brianft.infer import _hf_generate, generate
+from brianft.normalize import Canonicalizer
+from brianft.prompting import encode_prompt
+from brianft.target import example_target
+
+
+@pytest.fixture(scope="module")
+def spans():
+    return SpanFinder(Canonicalizer.default())
+
+
+def grammar(request: str, spans) -> OutputGrammar:
+    return OutputGrammar.for_request(request, spans)
+
+
+def test_every_label_of_the_default_data_is_allowed(spans):
+    """Whole targets end validly and each of their prefixes may continue: decoding under the
+    grammar can write every label the model is trained on."""
+    from brianft.config import load_config
+    from brianft.data.dataset import build_splits
+
+    splits = build_splits(load_config("configs/default.yaml").data, spans._canonicalizer)
+    refused = []
+    for example in [*splits.train, *splits.validation, *splits.test]:
+        target, allowed = example_target(example), grammar(example.prompt, spans)
+        if not allowed.allows_end(target) or not all(allowed.allows_prefix(target[:i]) for i in range(len(target))):
+            refused.append((example.prompt, target))
+    assert refused == []
+
+
+@pytest.mark.parametrize(
+    ("request_text", "output"),
+    [
+        ("swap 2.5k USDC for eth on Arbitrum One", "swap; token1=USDC; token2=eth; amount=2.5k; chain=Arbitrum One"),
+        ("send 0.1 eth to vitalik.eth", "transfer; token1=eth; amount=0.1; address=vitalik.eth"),
+        ("bal?", "balance"),
+        ("how do I make an omelette?", "none"),
+        ("pls take 49ether out of my stake with lido", "unstake; token1=ether; amount=49; protocol=lido"),
+        (
+            "wrap 1 eth, then deposit 1 weth into aave v3",
+            "wrap; token1=eth; amount=1\ndeposit; token1=weth; amount=1; protocol=aave v3",
+        ),
+        (
+            "bridge 5 usdc from polygon to avalanche",
+            "bridge; token1=usdc; amount=5; chain=polygon; dest_chain=avalanche",
+        ),
+    ],
+)
+def test_valid_outputs_are_allowed(spans, request_text, output):
+    assert grammar(request_text, spans).allows_end(output)
+
+
+@pytest.mark.parametrize(
+    ("request_text", "output", "why"),
+    [
+        ("how much degen does dwr.eth have", "balance; token1=degen; address=wr.eth", "part of a word"),
+        ("LEND 1 USDT THROUGH SEAMLESS PLEASE", "deposit; token1=USDT; amount=1; protocol=PLE", "part of a word"),
+        ("get 0.1 weth back to plain eth", "unwrap; token1=weth; amount=0.1; protocol=plaineth", "not in the request"),
+        ("appove 1000 usdt on curve", "approve; token1=usdt; amount=1000; chain=curve", "a protocol as chain"),
+        ("unwrap 0.5 weth", "unwrap; token1=weth; amount=0.5; chain=unwrap", "an action word as chain"),
+        (
+            "unlock all the wstETH from staking",
+            "unstake; token1=wstETH; amount=all; protocol=staking",
+            "unknown protocol",
+        ),
+        ("stake 12 eth on foochain", "stake; token1=eth; amount=12; chain=foochain", "unknown chain"),
+        ("wrap 25% of my eth", "wrap; token1=eth; amount=25%; chain=eth", "a token as chain"),
+        ("unwrap 0.5 on base", "unwrap; token1=0.5; amount=0.5", "a number as token"),
+        ("wrap 2", "wrap; token1=wrap; amount=2", "a verb as token"),
+        (
+            "deposit 1000 usdc to aave on optimism",
+            "deposit; token1=usdc; protocol=aave; protocol=aave",
+            "a field twice",
+        ),
+        ("deposit 1000 usdc to aave on optimism", "deposit; amount=1000; token1=usdc", "fields out of order"),
+        ("send 1 eth to bob.eth", "transfer; token1=eth; amount=1; protocol=bob.eth", "a field the action lacks"),
+        ("send 1 eth to bob.eth", "transfer; token1=eth; amount=2", "an amount not in the request"),
+        ("send 1 eth to bob.eth", "none\ntransfer; token1=eth", "none with intents"),
+        ("send 1 eth to bob.eth", "teleport; token1=eth", "an unknown action"),
+    ],
+)
+def test_unsupported_outputs_are_refused(spans, request_text, output, why):
+    allowed = grammar(request_text, spans)
+    assert not allowed.allows_end(output), why
+    assert not allowed.allows_prefix(output) or not allowed.allows_prefix(output + "\n"), why
+
+
+def test_end_only_where_the_output_is_whole(spans):
+    allowed = grammar("swap 1 eth for usdc on base", spans)
+    for partial in ("", "sw", "swap;", "swap; tok", "swap; token1=", "swap; token1=et", "swap; token1=eth; ", "swap\n"):
+        assert allowed.allows_prefix(partial) and not allowed.allows_end(partial), partial
+    assert allowed.allows_end("swap; token1=eth; token2=usdc; amount=1; chain=base")
+    # "...;" is refused once no field can follow: amount_out is the only one left, and it is not stated
+    assert not allowed.allows_prefix("swap; token1=eth; token2=usdc; amount=1; chain=base;")
+
+
+def test_values_are_matched_case_insensitively_but_whole(spans):
+    allowed = grammar("send 5 USDC to 0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96045", spans)
+    assert allowed.allows_end("transfer; token1=usdc; amount=5; address=0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96045")
+    assert not allowed.allows_end("transfer; token1=usdc; amount=5; address=0xd8dA6BF26964aF9D7eEd9e03E53415D37aA9604")
+    assert not allowed.allows_end("transfer; token1=usdc; amount=5; address=d8dA6BF26964aF9D7eEd9e03E53415D37aA96045")
+
+
+class ScriptedTokenizer:
+    """Token i decodes to WORDS[i]: enough to test the picker without a model."""
+
+    WORDS = ["<eos>", "swap", ";", " token1", "=", "eth", "usdc", " token2", "chain", "base", "\n"]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.WORDS[i] for i in ids if i != 0 or not skip_special_tokens)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [i for i, w in enumerate(self.WORDS) if w and w.strip() and w.strip() in text]}
+
+
+def test_picker_takes_the_best_valid_token_and_notes_the_override(spans):
+    picker = ConstrainedPicker(ScriptedTokenizer(), grammar("swap 1 eth for usdc", spans), eos_id=0)
+    assert picker.pick([], [1, 2]) == 1 and picker.overrides == []
+    # after "swap; token1=" the model prefers "base", which the request does not hold
+    assert picker.pick([1, 2, 3, 4], [9, 5, 6]) == 5
+    assert len(picker.overrides) == 1 and "'base'" in picker.overrides[0]
+    # EOS is taken only where the output is whole
+    assert picker.pick([1, 2, 3, 4], [0, 6]) == 6
+    assert picker.pick([1, 2, 3, 4, 5], [0, 2]) == 0
+
+
+def test_picker_looks_beyond_the_top_candidates_when_given_scores(spans):
+    import torch
+
+    picker = ConstrainedPicker(ScriptedTokenizer(), grammar("swap 1 eth for usdc", spans), eos_id=0)
+    scores = torch.zeros(len(ScriptedTokenizer.WORDS))
+    scores[6] = 5.0  # "usdc" is the best allowed value outside the candidates
+    assert picker.pick([1, 2, 3, 4], [9, 8], scores) == 6 and not picker.gave_up
+    # no scores and nothing valid: decoding goes on unconstrained, and says so
+    assert picker.pick([1, 2, 3, 4], [9, 8]) == 9 and picker.gave_up
+    assert "unchecked" in picker.overrides[-1]
+
+
+REQUESTS = [
+    "swap 2.5k USDC for eth on Arbitrum One",
+    "send half my eth to alice.eth",
+    "bal?",
+    "bridge 100 usdt from ethereum to base and then stake 32 eth with lido",
+]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_qwen2_dir", "tiny_gpt2_dir"])
+def test_constrained_drafted_decoding_equals_constrained_generate(request, spans, fixture):
+    """The draft-and-verify path under the grammar gives what transformers' generate gives with
+    the same grammar as a logits processor: the constrained greedy output, whatever the draft.
+    Random tiny models ramble, so the grammar is doing all the work here."""
+    path = request.getfixturevalue(fixture)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    grammars = request_grammars(REQUESTS, spans)
+    drafts = ["swap; token1=USDC; token2=eth; amount=2.5k", "", "balance", "none"]
+    drafted = generate(
+        model, tokenizer, REQUESTS, is_seq2seq=False, max_new_tokens=40, drafts=drafts, grammars=grammars, batch_size=3
+    )
+    prompts = [encode_prompt(tokenizer, text, False) for text in REQUESTS]
+    pickers = [ConstrainedPicker(tokenizer, g, tokenizer.eos_token_id) for g in grammars]
+    reference = _hf_generate(model, tokenizer, prompts, 3, 40, pickers)
+    assert [out.text for out in drafted] == reference
+    for out, allowed in zip(drafted, grammars, strict=True):
+        unchecked = any("unchecked" in note for note in out.notes)
+        assert unchecked or allowed.allows_prefix(out.text), out
+
+
+def test_constrained_seq2seq_generation_stays_valid(tiny_t5_dir, spans):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_t5_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir).eval()
+    grammars = request_grammars(REQUESTS, spans)
+    outputs = generate(model, tokenizer, REQUESTS, is_seq2seq=True, max_new_tokens=30, grammars=grammars)
+    for out, allowed in zip(outputs, grammars, strict=True):
+        unchecked = any("unchecked" in note for note in out.notes)
+        assert unchecked or allowed.allows_prefix(out.text), out
+    assert any(out.text for out in outputs)
+
+
+def test_grammars_must_match_the_requests(tiny_llama_dir, spans):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    with pytest.raises(ValueError, match="grammars"):
+        generate(model, tokenizer, REQUESTS, is_seq2seq=False, grammars=request_grammars(REQUESTS[:1], spans))

@@ -5,10 +5,12 @@ requests of a finished run, after one uncounted warm-up request:
 
 - naive:          the PEFT model as loaded (LoRA not merged, float32), transformers' `generate`,
                   greedy, one request at a time
-- merged-fp32:    LoRA merged into the weights, float32, our decoding loop, no draft
+- merged-fp32:    LoRA merged into the weights, float32, our decoding loop, no draft, unconstrained
 - merged-bf16:    the same in bfloat16
-- ours:           what `Extractor.from_run` serves: merged, dtype "auto" (bfloat16 on CPUs with
-                  native bf16), and the rules' guess of each output verified in bulk (drafting.py)
+- ours-free:      merged, dtype "auto" (bfloat16 on CPUs with native bf16), and the rules' guess of
+                  each output verified in bulk (drafting.py), unconstrained
+- ours:           what `Extractor.from_run` serves: `ours-free` with the output constrained to valid
+                  intents whose values the request holds (constrain.py)
 - ours-batched:   `ours` with --batch-size requests per call (what the server's micro-batches
                   do): throughput, not latency
 - ours-file:      `ours` with all --batch-requests requests in one call, cut into batches of at
@@ -16,7 +18,8 @@ requests of a finished run, after one uncounted warm-up request:
 
 For each: p50/p95 latency per request (batch 1), requests/s, peak resident memory, the speed-up
 over naive, and how many outputs are identical to naive's (the text is the model's greedy
-output in every variant; bfloat16 may round a close call differently).
+output in every unconstrained variant; bfloat16 may round a close call differently; the
+constrained variants differ exactly where the constraint refused the model's choice).
 
     python benchmarks/infer_latency.py [--run runs/default] [--requests 40] [--batch-requests 160]
 """
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("naive", "merged-fp32", "merged-bf16", "ours", "ours-batched", "ours-file")
+VARIANTS = ("naive", "merged-fp32", "merged-bf16", "ours-free", "ours", "ours-batched", "ours-file")
 BATCHED = ("ours-batched", "ours-file")
 
 
@@ -71,10 +74,10 @@ def naive_generate(run: str):
     return generate
 
 
-def extractor_generate(run: str, dtype: str, draft: bool):
+def extractor_generate(run: str, dtype: str, draft: bool, constrain: bool):
     from brianft.extract import Extractor
 
-    extractor = Extractor.from_run(run, dtype=dtype, draft=draft)
+    extractor = Extractor.from_run(run, dtype=dtype, draft=draft, constrain=constrain)
     return lambda requests: [result.output or "" for result in extractor.extract_batch(requests)], extractor
 
 
@@ -86,7 +89,8 @@ def child(variant: str, run: str, requests: list[str], batch_size: int) -> dict:
         generate = naive_generate(run)
     else:
         dtype = {"merged-fp32": "float32", "merged-bf16": "bfloat16"}.get(variant, "auto")
-        generate, extractor = extractor_generate(run, dtype, draft=variant in ("ours", *BATCHED))
+        draft = variant in ("ours", "ours-free", *BATCHED)
+        generate, extractor = extractor_generate(run, dtype, draft, constrain=variant in ("ours", *BATCHED))
         extractor.batch_size = batch_size if variant in BATCHED else 1
     generate(requests[:1])  # warm-up: first-call allocations and kernel plans
     outputs, latencies = [], []

@@ -34,6 +34,9 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, ge=0.0, lt=0.5, description="share of curated and user data kept for test")
     max_prompt_chars: int = Field(1000, ge=16)
     registry_dirs: list[Path] = Field(default_factory=list, description="extra registry YAML directories")
+    target_format: Literal["fields", "slots"] = Field(
+        "fields", description="what the model learns to write: 'fields' (key=value) or 'slots' (brianft.target)"
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:

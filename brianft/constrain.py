@@ -8,7 +8,8 @@ Such outputs are never right, so decoding excludes them: at each step the model'
 taken only if the output text stays a prefix of some valid output, else its next best, and so on.
 
 A valid output (`brianft.target`) is `none`, or one line per intent: an action, then
-`; field=value` pairs in schema order, each field allowed for the action and written once. Each
+`; field=value` pairs in schema order, each field allowed for the action and written once (or,
+in the `slots` format, `|value` slots for the action's fields, trailing empty ones left out). Each
 value is a span of the request (between word boundaries, case-insensitive) that canonicalises as
 its field: a token, an amount, an address; for chain, dest_chain and protocol a name the registry
 knows. So a chain or protocol the registry does not know cannot be extracted: the field is left
@@ -26,7 +27,7 @@ from functools import cached_property
 
 from brianft.data.spans import SpanFinder
 from brianft.schema import ALLOWED_FIELDS, FIELDS, Action
-from brianft.target import FIELD_SEPARATOR, NO_INTENT
+from brianft.target import FIELD_SEPARATOR, NO_INTENT, SLOT_FIELDS, SLOT_SEPARATOR, TargetFormat
 
 TOP_K = 32
 MAX_VALUE_WORDS = 6
@@ -47,9 +48,10 @@ class OutputGrammar:
     to how the request writes it."""
 
     values: dict[str, dict[str, str]]
+    fmt: TargetFormat = "fields"
 
     @classmethod
-    def for_request(cls, request: str, spans: SpanFinder) -> OutputGrammar:
+    def for_request(cls, request: str, spans: SpanFinder, fmt: TargetFormat = "fields") -> OutputGrammar:
         from brianft.rules import NOT_TOKEN_WORDS  # here: the rules module imports the decoder
 
         candidates = _value_candidates(request)
@@ -70,7 +72,7 @@ class OutputGrammar:
                     continue  # "eth" is a chain in "on eth", a token in "half my eth" or "1 eth"
                 allowed.setdefault(text.lower(), text)
             values[name] = allowed
-        return cls(values)
+        return cls(values, fmt)
 
     @cached_property
     def has_non_ascii(self) -> bool:
@@ -78,7 +80,7 @@ class OutputGrammar:
 
     def phrases(self) -> list[str]:
         """Everything an output is made of, as written: to find tokens that can continue it."""
-        words = [*_ACTIONS, NO_INTENT, *(f"{name}=" for name in FIELDS), FIELD_SEPARATOR, "\n"]
+        words = [*_ACTIONS, NO_INTENT, *(f"{name}=" for name in FIELDS), FIELD_SEPARATOR, SLOT_SEPARATOR, "\n"]
         return words + [text for allowed in self.values.values() for text in allowed.values()]
 
     def allows_prefix(self, text: str) -> bool:
@@ -98,11 +100,11 @@ class OutputGrammar:
         return False if last == "" else self._line(last)
 
     def _line(self, line: str) -> bool | None:
+        if self.fmt == "slots":
+            return self._slot_line(line)
         action, separator, rest = line.partition(";")
         if not separator:
-            if action in _ACTIONS:
-                return True
-            return False if any(a.startswith(action) for a in _ACTIONS) else None
+            return self._line_action(action)
         if action not in _ACTIONS:
             return None
         allowed = ALLOWED_FIELDS[Action(action)]
@@ -125,6 +127,31 @@ class OutputGrammar:
             if last or status is not True:
                 return status if last else None
         return None  # pragma: no cover - the loop always returns
+
+    def _slot_line(self, line: str) -> bool | None:
+        action, separator, rest = line.partition(SLOT_SEPARATOR)
+        if not separator:
+            return self._line_action(action)
+        if action not in _ACTIONS:
+            return None
+        names = SLOT_FIELDS[action]
+        slots = rest.split(SLOT_SEPARATOR)
+        if len(slots) > len(names):
+            return None
+        for index, value in enumerate(slots):
+            if index < len(slots) - 1:
+                if value and self._value(names[index], value) is not True:
+                    return None
+                continue
+            if not value:  # a slot was just opened: some field from here on must be possible
+                return False if any(self.values[name] for name in names[index:]) else None
+            return self._value(names[index], value)
+        return None  # pragma: no cover - the loop always returns
+
+    def _line_action(self, action: str) -> bool | None:
+        if action in _ACTIONS:
+            return True
+        return False if any(a.startswith(action) for a in _ACTIONS) else None
 
     def _value(self, name: str, value: str) -> bool | None:
         value = value.lower()
@@ -250,5 +277,5 @@ def grammar_processor(pickers: list[ConstrainedPicker] | None, start: int, eos_i
     return LogitsProcessorList([_GrammarProcessor()])
 
 
-def request_grammars(requests: list[str], spans: SpanFinder) -> list[OutputGrammar]:
-    return [OutputGrammar.for_request(request, spans) for request in requests]
+def request_grammars(requests: list[str], spans: SpanFinder, fmt: TargetFormat = "fields") -> list[OutputGrammar]:
+    return [OutputGrammar.for_request(request, spans, fmt) for request in requests]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from brianft.model import load_run
 
+RUN_CONFIG_NAME = "brianft-run.yaml"
+
 
 def export_merged(run_dir: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
     """Merge the run's LoRA adapter into its base model and save model + tokenizer."""
@@ -19,6 +21,8 @@ def export_merged(run_dir: Path, out_dir: Path, *, overwrite: bool = False) -> P
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
     loaded.tokenizer.save_pretrained(tmp)
+    # what the weights were trained to write (target format, registries): Extractor.from_model_dir reads it
+    shutil.copyfile(Path(run_dir) / "config.yaml", tmp / RUN_CONFIG_NAME)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

@@ -28,6 +28,7 @@ from brianft.data.spans import SpanFinder
 from brianft.infer import Generated, Prediction, decode_prediction
 from brianft.normalize import Canonicalizer
 from brianft.schema import Example, Intent
+from brianft.target import TargetFormat
 
 RULES = "rules"
 ZERO_SHOT = "zero-shot"
@@ -116,14 +117,23 @@ class Extractor:
         canonicalizer = Canonicalizer(Registry.load(cfg.data.registry_dirs))
         kwargs.setdefault("base_model", cfg.model.base)
         kwargs.setdefault("adapter", str(run_dir / "adapter"))
-        backend, inference = _model_backend(loaded, canonicalizer, dtype=dtype, draft=draft, constrain=constrain)
+        backend, inference = _model_backend(
+            loaded, canonicalizer, dtype=dtype, draft=draft, constrain=constrain, fmt=cfg.data.target_format
+        )
         return cls(backend, canonicalizer, source=f"{loaded.source}; {inference}", **kwargs)
 
     @classmethod
     def from_model_dir(cls, path: Path | str, **kwargs: Any) -> Extractor:
-        """A model directory without an adapter: a merged export, or a base model alone."""
-        from brianft.config import ModelConfig
+        """A model directory without an adapter: a merged export (which keeps its run's
+        configuration: target format, registries), or a base model alone."""
+        from brianft.config import ModelConfig, load_config
+        from brianft.export import RUN_CONFIG_NAME
+        from brianft.normalize import Registry
 
+        if (run_config := Path(path) / RUN_CONFIG_NAME).is_file():
+            data = load_config(run_config).data
+            kwargs.setdefault("fmt", data.target_format)
+            kwargs.setdefault("canonicalizer", Canonicalizer(Registry.load(data.registry_dirs)))
         return cls.from_base_model(ModelConfig(base=str(path)), **kwargs)
 
     @classmethod
@@ -135,6 +145,7 @@ class Extractor:
         draft: bool = True,
         constrain: bool = True,
         few_shot: bool = False,
+        fmt: TargetFormat = "fields",
         canonicalizer: Canonicalizer | None = None,
         **kwargs: Any,
     ) -> Extractor:
@@ -145,7 +156,7 @@ class Extractor:
         loaded = load_base_model(model_cfg)
         canonicalizer = canonicalizer or Canonicalizer.default()
         backend, inference = _model_backend(
-            loaded, canonicalizer, dtype=dtype, draft=draft, constrain=constrain, few_shot=few_shot
+            loaded, canonicalizer, dtype=dtype, draft=draft, constrain=constrain, few_shot=few_shot, fmt=fmt
         )
         source = f"{loaded.source} (few-shot prompt, no adapter)" if few_shot else loaded.source
         source = f"{source}; {inference}"
@@ -276,9 +287,17 @@ def _mentions(prompt: str, address: str) -> bool:
 
 
 def _model_backend(
-    loaded, canonicalizer: Canonicalizer, *, dtype: str, draft: bool, constrain: bool, few_shot: bool = False
+    loaded,
+    canonicalizer: Canonicalizer,
+    *,
+    dtype: str,
+    draft: bool,
+    constrain: bool,
+    few_shot: bool = False,
+    fmt: TargetFormat = "fields",
 ) -> tuple[Backend, str]:
-    """The backend, and how it runs the model (for people and /v1/info)."""
+    """The backend, and how it runs the model (for people and /v1/info). `fmt`: the target
+    format the model was trained to write."""
     from brianft.constrain import request_grammars
     from brianft.infer import generate, prepare_for_inference
     from brianft.rules import RulesExtractor
@@ -298,21 +317,21 @@ def _model_backend(
             is_seq2seq=loaded.is_seq2seq,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
-            drafts=rule_drafts(rules, requests) if rules else None,
-            grammars=request_grammars(requests, spans) if spans else None,
+            drafts=rule_drafts(rules, requests, fmt) if rules else None,
+            grammars=request_grammars(requests, spans, fmt) if spans else None,
             few_shot=few_shot,
         )
 
     return backend, inference
 
 
-def rule_drafts(rules, requests: Sequence[str]) -> list[str]:
+def rule_drafts(rules, requests: Sequence[str], fmt: TargetFormat = "fields") -> list[str]:
     """The rule-based guess of each output, to verify in bulk (brianft.drafting). A draft only
     changes speed, so a request the rules choke on gets no draft rather than an error."""
     drafts = []
     for request in requests:
         try:
-            drafts.append(rules.extract_text(request))
+            drafts.append(rules.extract_text(request, fmt))
         except Exception:  # noqa: BLE001 - a draft is an optimisation, never a reason to fail
             drafts.append("")
     return drafts

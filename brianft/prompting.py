@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from brianft.schema import Example
-from brianft.target import example_target
+from brianft.target import TargetFormat, example_target
 
 # The fine-tuned model needs no instruction: the adapter learns the task. An empty system turn
 # still keeps chat templates from inserting their own default (SmolLM2's is 15 tokens), and
@@ -81,9 +81,9 @@ def encode_target(tokenizer, target: str) -> list[int]:
     return [*ids, tokenizer.eos_token_id]
 
 
-def encode_example(tokenizer, example: Example, is_seq2seq: bool) -> Encoded:
+def encode_example(tokenizer, example: Example, is_seq2seq: bool, fmt: TargetFormat = "fields") -> Encoded:
     prompt_ids = encode_prompt(tokenizer, example.prompt, is_seq2seq)
-    target_ids = encode_target(tokenizer, example_target(example))
+    target_ids = encode_target(tokenizer, example_target(example, fmt=fmt))
     if is_seq2seq:
         return Encoded(input_ids=prompt_ids, labels=target_ids)
     return Encoded(input_ids=prompt_ids + target_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + target_ids)

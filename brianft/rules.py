@@ -38,7 +38,7 @@ from rapidfuzz.distance import DamerauLevenshtein
 from brianft.infer import Prediction, decode_prediction
 from brianft.normalize import Canonicalizer, NormalizationError, canonical_address, canonical_amount
 from brianft.schema import ALLOWED_FIELDS, Action
-from brianft.target import NO_INTENT, render_target
+from brianft.target import NO_INTENT, TargetFormat, render_target, writable
 
 # --------------------------------------------------------------------------- lexicons
 
@@ -293,11 +293,6 @@ def _safe(function: Callable[[str], str], raw: str) -> str | None:
         return None
 
 
-def _writable(value: str) -> bool:
-    """Whether the target format can carry the value (render_target refuses ';', '=' and line breaks)."""
-    return bool(value) and not any(c in value for c in ";=") and "".join(value.splitlines()) == value
-
-
 # --------------------------------------------------------------------------- mentions and steps
 
 
@@ -366,8 +361,8 @@ class RulesExtractor:
 
     # ----------------------------------------------------------------------- public API
 
-    def extract_text(self, request: str) -> str:
-        """The intents of `request` in the target format, values as written, or 'none'."""
+    def extract_text(self, request: str, fmt: TargetFormat = "fields") -> str:
+        """The intents of `request` in a target format, values as written, or 'none'."""
         if not isinstance(request, str):
             return NO_INTENT
         steps: list[_Step] = []
@@ -382,7 +377,7 @@ class RulesExtractor:
             if words[-1].stop == ":" and step.action is not None:
                 steps[-1].open = True
         intents = self._resolve_context(steps)
-        return render_target(intents) if intents else NO_INTENT
+        return render_target(intents, fmt) if intents else NO_INTENT
 
     def predict(self, request: str) -> Prediction:
         return decode_prediction(self.extract_text(request), self.canonicalizer)
@@ -609,7 +604,7 @@ class RulesExtractor:
             if span[0].low in _FILLERS or span[-1].low in _CUES:
                 continue
             raw = request[span[0].start : span[-1].value_end]
-            if _writable(raw) and accept(raw, width):
+            if writable(raw) and accept(raw, width):
                 return raw, width
         return None
 
@@ -621,7 +616,7 @@ class RulesExtractor:
             if width == 1 and span[0].low in ("a", "an"):  # "a" alone would read as 1
                 continue
             raw = request[span[0].start : span[-1].end]
-            if _writable(raw) and not self._is_address(raw) and self._amount(raw) is not None:
+            if writable(raw) and not self._is_address(raw) and self._amount(raw) is not None:
                 return raw, width
         return None
 
@@ -631,7 +626,7 @@ class RulesExtractor:
             span = words[index : index + width]
             if len(span) == width and " ".join(w.key for w in span) in self._token_names:
                 raw = request[span[0].start : span[-1].value_end]
-                if _writable(raw):
+                if writable(raw):
                     return raw, width
         return None
 
@@ -780,7 +775,7 @@ class RulesExtractor:
         return intents
 
     def _valid(self, name: str, raw: str) -> bool:
-        if not _writable(raw):
+        if not writable(raw):
             return False
         value = _safe(lambda text: self.canonicalizer.value(name, text), raw)
         if value is None:
@@ -1003,7 +998,7 @@ def _whole_name(request: str, clause: _Clause, mention: _Mention) -> str:
             break
         end += 1
     raw = request[clause.words[mention.index].start : clause.words[end - 1].end]
-    return raw if _writable(raw) else mention.raw
+    return raw if writable(raw) else mention.raw
 
 
 def _spender_before_spend(
@@ -1030,7 +1025,7 @@ def _spender_before_spend(
     if not 1 <= len(span) <= 3 or not all(w.low.replace(".", "").isalnum() for w in span):
         return None
     raw = request[span[0].start : span[-1].end]
-    return (raw, range(first, stop)) if _writable(raw) and protocol(raw) else None
+    return (raw, range(first, stop)) if writable(raw) and protocol(raw) else None
 
 
 def _output_token(action: Action, fields: dict[str, str]) -> str | None:

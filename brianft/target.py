@@ -1,10 +1,19 @@
 """The text the model is trained to emit, and a tolerant parser for what it actually emits.
 
-Format: one intent per line, the action then `field=value` pairs separated by `;`; a request
-with no wallet action is the single word `none`:
+Two formats (`data.target_format`), one intent per line, a request with no wallet action is
+the single word `none`:
 
-    swap; token1=eth; token2=usdc; amount=2.5k; chain=Arbitrum One
-    bridge; token1=usdc; dest_chain=base
+- `fields`: the action then `field=value` pairs separated by `;`
+
+      swap; token1=eth; token2=usdc; amount=2.5k; chain=Arbitrum One
+      bridge; token1=usdc; dest_chain=base
+
+- `slots`: the action then one `|`-separated slot per field the action allows, in schema
+  order (`SLOT_FIELDS`), empty where the request does not say, trailing empty slots left out.
+  About 40% fewer tokens, so faster to train and to generate:
+
+      swap|eth|usdc|2.5k||Arbitrum One
+      bridge|usdc||||base
 
 Values are copied as written in the request; `brianft.normalize` makes them canonical.
 The parser also accepts plain JSON (a list of intents, `{"intents": [...]}` or Brian's
@@ -18,12 +27,20 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from brianft.schema import FIELDS, Example
+from brianft.schema import ALLOWED_FIELDS, FIELDS, Action, Example
 
 NO_INTENT = "none"
 FIELD_SEPARATOR = "; "
+SLOT_SEPARATOR = "|"
+TargetFormat = Literal["fields", "slots"]
+TARGET_FORMATS: tuple[str, ...] = ("fields", "slots")
+# The slots of each action: the fields it allows, in schema order.
+SLOT_FIELDS: dict[str, tuple[str, ...]] = {
+    action.value: tuple(name for name in FIELDS if name in ALLOWED_FIELDS[action]) for action in Action
+}
+_SLOT_LINE = re.compile(r"^([a-z_]+)\s*\|(.*)$")
 _SPECIAL_TOKENS = re.compile(r"<\|[a-z_]+\|>|</s>|<s>|<eos>|<pad>|<\|endoftext\|>", re.IGNORECASE)
 _FENCE = re.compile(r"^```[a-z]*\s*|\s*```$", re.IGNORECASE)
 _LEADING_LABEL = re.compile(r"^(?:output|answer|intents?|assistant|result)\s*:\s*", re.IGNORECASE)
@@ -58,26 +75,39 @@ class ParsedOutput:
         return self.error is None
 
 
-def render_target(intents: Sequence[Mapping[str, str]]) -> str:
-    """Serialise intents (action + field values) in the training format."""
+def render_target(intents: Sequence[Mapping[str, str]], fmt: TargetFormat = "fields") -> str:
+    """Serialise intents (action + field values) in a training format."""
+    if fmt not in TARGET_FORMATS:
+        raise ValueError(f"unknown target format {fmt!r}: use {' or '.join(TARGET_FORMATS)}")
     if not intents:
         return NO_INTENT
     lines = []
     for intent in intents:
-        parts = [str(intent["action"])]
+        action = str(intent["action"])
         for name in FIELDS:
             value = intent.get(name)
-            if value is None:
-                continue
             # the parser splits on ';' and on every line break that str.splitlines knows ('\r', '\u2028', ...)
-            if any(c in value for c in ";=") or "".join(value.splitlines()) != value:
+            if value is not None and not writable(value, fmt):
                 raise ValueError(f"value {value!r} of {name} cannot be written in the target format")
-            parts.append(f"{name}={value}")
-        lines.append(FIELD_SEPARATOR.join(parts))
+        if fmt == "fields":
+            parts = [action, *(f"{name}={intent[name]}" for name in FIELDS if intent.get(name) is not None)]
+            lines.append(FIELD_SEPARATOR.join(parts))
+            continue
+        if extra := [name for name in FIELDS if intent.get(name) is not None and name not in SLOT_FIELDS[action]]:
+            raise ValueError(f"{action} has no slot for {', '.join(extra)}")
+        slots = [intent.get(name) or "" for name in SLOT_FIELDS[action]]
+        lines.append(SLOT_SEPARATOR.join([action, *slots]).rstrip(SLOT_SEPARATOR))
     return "\n".join(lines)
 
 
-def example_target(example: Example, *, copy_raw: bool = True) -> str:
+def writable(value: str, fmt: TargetFormat | None = None) -> bool:
+    """Whether the target format (None: both) can carry the value: no line break, no ';' or '='
+    (fields), no '|' (slots)."""
+    reserved = {"fields": ";=", "slots": "|"}.get(fmt, ";=|")
+    return bool(value) and not any(c in value for c in reserved) and "".join(value.splitlines()) == value
+
+
+def example_target(example: Example, *, copy_raw: bool = True, fmt: TargetFormat = "fields") -> str:
     """The training target of an example: values as written in the prompt where known."""
     rendered = []
     for index, intent in enumerate(example.intents):
@@ -85,7 +115,7 @@ def example_target(example: Example, *, copy_raw: bool = True) -> str:
         if copy_raw and example.raw is not None:
             values.update(example.raw[index])
         rendered.append(values)
-    return render_target(rendered)
+    return render_target(rendered, fmt)
 
 
 def _clean(text: str) -> str:
@@ -141,6 +171,12 @@ def _parse_lines(text: str) -> ParsedOutput:
         return ParsedOutput(intents=[])
     intents = []
     for number, line in enumerate(lines, start=1):
+        if slots := _SLOT_LINE.match(line):
+            intent = _slot_intent(slots.group(1), slots.group(2).split(SLOT_SEPARATOR))
+            if isinstance(intent, str):
+                return _line_error(number, line, intent)
+            intents.append(intent)
+            continue
         match = _ACTION_LINE.match(line)
         if not match:
             return _line_error(number, line, "expected 'action; field=value; ...'")
@@ -157,6 +193,20 @@ def _parse_lines(text: str) -> ParsedOutput:
             intent[name] = value
         intents.append(intent)
     return ParsedOutput(intents=intents)
+
+
+def _slot_intent(action: str, values: list[str]) -> dict[str, Any] | str:
+    """The intent of a `slots` line, or why it is not one."""
+    if action not in SLOT_FIELDS:
+        return f"unknown action {action!r}"
+    names = SLOT_FIELDS[action]
+    if len(values) > len(names):
+        return f"{len(values)} slots; {action} has {len(names)} ({', '.join(names)})"
+    intent: dict[str, Any] = {"action": action}
+    for name, value in zip(names, values, strict=False):
+        if value.strip():
+            intent[name] = value.strip()
+    return intent
 
 
 def _line_error(number: int, line: str, reason: str) -> ParsedOutput:

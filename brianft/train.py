@@ -209,8 +209,9 @@ def evaluate_examples(model, tokenizer, examples: list[Example], canonicalizer, 
         is_seq2seq=is_seq2seq,
         batch_size=config.train.eval_batch_size,
         max_new_tokens=config.train.max_new_tokens,
-        drafts=rule_drafts(RulesExtractor(canonicalizer), prompts),  # faster; the output is the model's
-        grammars=request_grammars(prompts, SpanFinder(canonicalizer)),  # as `Extractor.from_run` decodes
+        # as `Extractor.from_run` decodes: drafts are faster (the output is the model's), grammars constrain
+        drafts=rule_drafts(RulesExtractor(canonicalizer), prompts, config.data.target_format),
+        grammars=request_grammars(prompts, SpanFinder(canonicalizer), config.data.target_format),
     )
     predictions = [decode_prediction(text, canonicalizer) for text in texts]
     return score_predictions(examples, predictions), predictions
@@ -259,7 +260,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
     loaded = load_base_model(config.model)
     tokenizer, is_seq2seq = loaded.tokenizer, loaded.is_seq2seq
     model = apply_lora(loaded, config.model.lora).to(device)
-    encoded = [encode_example(tokenizer, example, is_seq2seq) for example in splits.train]
+    fmt = config.data.target_format
+    encoded = [encode_example(tokenizer, example, is_seq2seq, fmt) for example in splits.train]
     lengths = [len(e.input_ids) + (len(e.labels) if is_seq2seq else 0) for e in encoded]
     steps = total_steps(len(encoded), config, ranks.world)
 

@@ -21,16 +21,17 @@ def grammar(request: str, spans) -> OutputGrammar:
     return OutputGrammar.for_request(request, spans)
 
 
-def test_every_label_of_the_default_data_is_allowed(spans):
+@pytest.mark.parametrize("fmt", ["fields", "slots"])
+def test_every_label_of_the_default_data_is_allowed(spans, fmt):
     """Whole targets end validly and each of their prefixes may continue: decoding under the
-    grammar can write every label the model is trained on."""
+    grammar can write every label the model is trained on, in either target format."""
     from brianft.config import load_config
     from brianft.data.dataset import build_splits
 
     splits = build_splits(load_config("configs/default.yaml").data, spans._canonicalizer)
     refused = []
     for example in [*splits.train, *splits.validation, *splits.test]:
-        target, allowed = example_target(example), grammar(example.prompt, spans)
+        target, allowed = example_target(example, fmt=fmt), OutputGrammar.for_request(example.prompt, spans, fmt)
         if not allowed.allows_end(target) or not all(allowed.allows_prefix(target[:i]) for i in range(len(target))):
             refused.append((example.prompt, target))
     assert refused == []
@@ -91,6 +92,21 @@ def test_unsupported_outputs_are_refused(spans, request_text, output, why):
     allowed = grammar(request_text, spans)
     assert not allowed.allows_end(output), why
     assert not allowed.allows_prefix(output) or not allowed.allows_prefix(output + "\n"), why
+
+
+def test_slots_grammar(spans):
+    allowed = OutputGrammar.for_request("send 1 eth to bob.eth on base", spans, "slots")
+    assert allowed.allows_end("transfer|eth|1|base|bob.eth")
+    assert allowed.allows_end("transfer|eth|1||bob.eth")
+    assert allowed.allows_end("transfer|eth")
+    for partial in ("transfer|", "transfer|eth|", "transfer|eth|1||"):
+        assert allowed.allows_prefix(partial) and not allowed.allows_end(partial), partial
+    assert not allowed.allows_prefix("transfer|eth|1|base|bob.eth|")  # transfer has 4 slots
+    assert not allowed.allows_prefix("transfer|eth|1|bob.eth")  # an address in the chain slot
+    assert not allowed.allows_prefix("transfer|eth|2")
+    assert not allowed.allows_prefix("transfer; token1=eth")  # the other format
+    nothing_after = OutputGrammar.for_request("wrap 1 eth", spans, "slots")
+    assert nothing_after.allows_end("wrap|eth|1") and not nothing_after.allows_prefix("wrap|eth|1|")
 
 
 def test_end_only_where_the_output_is_whole(spans):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from brianft.schema import FIELDS, Action, Example, Intent
 from brianft.target import (
     NO_INTENT,
+    SLOT_FIELDS,
     ParsedOutput,
     ParseError,
     ParseErrorKind,
@@ -208,6 +209,34 @@ def test_render_target_rejects_values_it_cannot_write(value):
 )
 def test_render_then_parse_round_trip(intents):
     assert parse_output(render_target(intents)).intents == intents
+    assert parse_output(render_target(intents, "slots")).intents == intents
+
+
+def test_slots_format_writes_one_slot_per_allowed_field():
+    assert render_target([SWAP], "slots") == "swap|" + "|".join(
+        SWAP.get(name, "") for name in SLOT_FIELDS["swap"]
+    ).rstrip("|")
+    assert (
+        render_target([{"action": "bridge", "token1": "usdc", "dest_chain": "base"}], "slots") == "bridge|usdc||||base"
+    )
+    assert render_target([{"action": "balance"}], "slots") == "balance"
+    assert render_target([], "slots") == "none"
+    with pytest.raises(ValueError, match="no slot for protocol"):
+        render_target([{"action": "transfer", "protocol": "aave"}], "slots")
+    with pytest.raises(ValueError, match="cannot be written"):
+        render_target([{"action": "transfer", "address": "a|b"}], "slots")
+    with pytest.raises(ValueError, match="unknown target format"):
+        render_target([SWAP], "xml")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [("teleport|eth", "unknown action"), ("wrap|eth|1|base|extra", "4 slots; wrap has 3")],
+)
+def test_bad_slot_lines_are_errors(text, error):
+    parsed = parse_output(text)
+    assert parsed.error is not None and parsed.error.kind == ParseErrorKind.MALFORMED_LINE
+    assert error in parsed.error.message
 
 
 def test_example_target_copies_raw_values():
@@ -275,3 +304,13 @@ def raw_intent(draw) -> dict[str, str]:
 @given(st.lists(raw_intent(), max_size=4))
 def test_render_then_parse_is_identity(intents):
     assert parse_output(render_target(intents)).intents == intents
+
+
+@SETTINGS
+@given(st.lists(raw_intent(), max_size=4))
+def test_render_then_parse_is_identity_in_slots(intents):
+    intents = [
+        {k: v for k, v in i.items() if k == "action" or (k in SLOT_FIELDS[i["action"]] and "|" not in v)}
+        for i in intents
+    ]
+    assert parse_output(render_target(intents, "slots")).intents == intents

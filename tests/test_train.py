@@ -122,6 +122,36 @@ def test_saved_adapter_reloads_and_predicts_identically(tiny_llama_dir, tmp_path
         export_merged(run_dir, merged_dir)
 
 
+def test_slots_format_trains_and_is_decoded_in_its_format(tiny_llama_dir, tmp_path):
+    """A run trained on the `slots` format keeps it: its extractor drafts and constrains in
+    slots, and so does a merged export of it."""
+    from brianft.data.dataset import build_splits
+    from brianft.export import export_merged
+    from brianft.extract import Extractor
+    from brianft.normalize import Canonicalizer
+    from brianft.prompting import encode_example
+
+    run_dir = tmp_path / "run"
+    config = tiny_config(tiny_llama_dir, run_dir, "data.target_format=slots")
+    example = next(e for e in build_splits(config.data, Canonicalizer.default()).train if e.intents)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    labels = [t for t in encode_example(tokenizer, example, False, "slots").labels if t >= 0]
+    assert "|" in tokenizer.decode(labels) and "=" not in tokenizer.decode(labels)
+
+    train(config)
+    history = losses(run_dir)
+    assert sum(history[-4:]) < sum(history[:4]) * 0.9, history
+    assert load_config(run_dir / "config.yaml").data.target_format == "slots"
+    requests = ["swap 1 eth for usdc on base", "send 5 dai to bob.eth", "wrap 2 eth"]
+    results = Extractor.from_run(run_dir, max_new_tokens=16).extract_batch(requests)
+    outputs = [r.output for r in results]
+    assert all(";" not in (o or "") and "=" not in (o or "") for o in outputs), outputs
+    merged = Extractor.load(export_merged(run_dir, tmp_path / "merged"), max_new_tokens=16)
+    assert [r.to_dict() for r in merged.extract_batch(requests)] == [r.to_dict() for r in results]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_train_one_run(tiny_llama_dir, tmp_path):
     run_dir = tmp_path / "ddp"

@@ -34,7 +34,6 @@ MAX_VALUE_WORDS = 6
 _ACTIONS = tuple(a.value for a in Action)
 _FIELD_ORDER = {name: index for index, name in enumerate(FIELDS)}
 _KNOWN_ONLY = ("chain", "dest_chain", "protocol")
-_NUMBER = re.compile(r"^[\d.,]+$")
 # A value starts and ends at a word's edge, or where a number meets the word glued to it ("49ether").
 _PIECE = re.compile(r"\d[\d.,]*(?=[^\W\d_])|\S+")
 _EDGE_PUNCTUATION = "\"'()[]{}!?,;:…*"
@@ -64,9 +63,11 @@ class OutputGrammar:
                     continue
                 if name in _KNOWN_ONLY and not spans.is_known(name, canonical):
                     continue
-                # an unknown ticker is one word, not a number, not a word that frames values
+                # an unknown ticker is one word, not an amount ("10", "half"), not a word that frames values
                 unknown_token = name.startswith("token") and not spans.is_known_token(text)
-                if unknown_token and (" " in text or _NUMBER.match(text) or text.lower() in NOT_TOKEN_WORDS):
+                if unknown_token and (
+                    " " in text or text.lower() in NOT_TOKEN_WORDS or spans.canonical("amount", text) is not None
+                ):
                     continue
                 if name.endswith("chain") and spans.is_known_token(text) and _introduces_token(before):
                     continue  # "eth" is a chain in "on eth", a token in "half my eth" or "1 eth"
@@ -199,7 +200,7 @@ class ConstrainedPicker:
     overrides: list[str] = field(default_factory=list)  # where the model's own choice was refused
     gave_up: bool = False  # no candidate fitted: decoding went on unconstrained
 
-    _vocabulary: list[int] | None = field(default=None, repr=False)
+    _vocabulary: set[int] | None = field(default=None, repr=False)
 
     def pick(self, generated: list[int], candidates: list[int], scores=None) -> int:
         """The first of `candidates` (the model's best tokens, best first) that keeps the output
@@ -214,7 +215,7 @@ class ConstrainedPicker:
                     self._note(text, candidates[0])
                 return token
         if scores is not None:
-            vocabulary = self._phrase_tokens()
+            vocabulary = self._phrase_tokens() | self._continuation_tokens(text)
             ranked = sorted(vocabulary, key=lambda t: float(scores[t]), reverse=True)
             for token in ranked:
                 if self._fits(text, generated, token):
@@ -233,15 +234,29 @@ class ConstrainedPicker:
             return False  # at most one character's bytes may be pending, and only where one can be written
         return self.grammar.allows_prefix(whole)
 
-    def _phrase_tokens(self) -> list[int]:
+    def _phrase_tokens(self) -> set[int]:
         """Every token of the grammar's phrases, tokenized alone and after a space, and EOS."""
         if self._vocabulary is None:
             ids = {self.eos_id}
             for phrase in self.grammar.phrases():
                 for text in (phrase, " " + phrase):
-                    ids.update(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            self._vocabulary = sorted(ids)
+                    ids.update(self._ids(text))
+            self._vocabulary = ids
         return self._vocabulary
+
+    def _continuation_tokens(self, text: str) -> set[int]:
+        """The first token of the rest of every phrase that `text` ends partway through ("ma" of
+        "mainnet" -> the first token of "innet"): a phrase's own tokens may not split there."""
+        low = text.lower()
+        ids = set()
+        for phrase in self.grammar.phrases():
+            for cut in range(1, len(phrase)):
+                if low.endswith(phrase[:cut].lower()) and (rest := self._ids(phrase[cut:])):
+                    ids.add(rest[0])
+        return ids
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)

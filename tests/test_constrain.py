@@ -76,6 +76,7 @@ def test_valid_outputs_are_allowed(spans, request_text, output):
         ("wrap 25% of my eth", "wrap; token1=eth; amount=25%; chain=eth", "a token as chain"),
         ("unwrap 0.5 on base", "unwrap; token1=0.5; amount=0.5", "a number as token"),
         ("wrap 2", "wrap; token1=wrap; amount=2", "a verb as token"),
+        ("get half of the gho over to mantle", "bridge; token1=gho; token2=half", "an amount word as token"),
         (
             "deposit 1000 usdc to aave on optimism",
             "deposit; token1=usdc; protocol=aave; protocol=aave",
@@ -158,6 +159,40 @@ def test_picker_looks_beyond_the_top_candidates_when_given_scores(spans):
     # no scores and nothing valid: decoding goes on unconstrained, and says so
     assert picker.pick([1, 2, 3, 4], [9, 8]) == 9 and picker.gave_up
     assert "unchecked" in picker.overrides[-1]
+
+
+class LongestMatchTokenizer:
+    """Longest-match tokenization over a small vocabulary (characters outside it are dropped)."""
+
+    VOCAB = ["<eos>", "transfer", ";", " ", "token1", "amount", "=", "dai", "chain", "main", "net", "ma", "in", "llory"]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.VOCAB[i] for i in ids)
+
+    def __call__(self, text, add_special_tokens=False):
+        ids, at = [], 0
+        while at < len(text):
+            match = max((w for w in self.VOCAB[1:] if text.startswith(w, at)), key=len, default=None)
+            if match is None:
+                at += 1
+                continue
+            ids.append(self.VOCAB.index(match))
+            at += len(match)
+        return {"input_ids": ids}
+
+
+def test_picker_finishes_a_value_its_phrase_tokens_do_not_split_at(spans):
+    """After "chain=ma" (the model wanted "mallory.eth" as the chain) the only way on is the rest
+    of "mainnet", "in" + "net", though "mainnet" itself tokenizes as "main" + "net": the picker
+    finds it instead of giving up and leaving the output unchecked."""
+    import torch
+
+    tokenizer = LongestMatchTokenizer()
+    picker = ConstrainedPicker(tokenizer, grammar("wire 5 dai to mallory.eth on mainnet", spans), eos_id=0)
+    generated = tokenizer("transfer; token1=dai; chain=ma")["input_ids"]
+    assert tokenizer.decode(generated) == "transfer; token1=dai; chain=ma"
+    choice = picker.pick(generated, [tokenizer.VOCAB.index("llory")], torch.zeros(len(tokenizer.VOCAB)))
+    assert not picker.gave_up and tokenizer.VOCAB[choice] == "in"
 
 
 REQUESTS = [

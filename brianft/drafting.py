@@ -16,7 +16,7 @@ tokens stay in the KV cache but are masked out of attention, so no cache is ever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +33,7 @@ RESYNC_LOOKAHEAD = 8
 class _Row:
     pending: list[int]  # tokens the cache has not seen yet: the prompt, then the last generated token
     draft: list[int]
-    copies: list[list[int]] = field(default_factory=list)  # pieces of the request, as the output writes them
+    redraft: Callable[[list[int]], list[int]] | None = None  # a fresh guess of what follows `generated`
     generated: list[int] = field(default_factory=list)
     seen: int = 0  # tokens in the cache that count (the next position id)
     cursor: int = 0  # where in the draft the generated text currently is
@@ -51,12 +51,12 @@ def draft_verify_generate(
     eos_id: int,
     pad_id: int,
     max_new_tokens: int,
-    copies: Sequence[list[list[int]]] | None = None,
+    redrafts: Sequence[Callable[[list[int]], list[int]]] | None = None,
     pickers: Sequence[ConstrainedPicker] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of `prompts` (without EOS), one batch, verifying `drafts` as it goes.
-    `copies` (per prompt: pieces of the request tokenized as the output would write them) feed
-    later drafts where the model left the draft: values are copied from the request.
+    `redrafts` (per prompt: generated tokens -> a guess of the next ones) feed later drafts where
+    the model left the draft and the draft's own tokens cannot be lined up again.
     `pickers` (one per prompt) constrain each choice to valid outputs (`brianft.constrain`): the
     result is then the constrained greedy output, whatever the draft.
 
@@ -65,11 +65,11 @@ def draft_verify_generate(
     """
     device = next(body.parameters()).device
     shared = _shared_prefix(prompts)
-    copies = copies if copies is not None else [[] for _ in prompts]
+    redrafts = redrafts if redrafts is not None else [None] * len(prompts)
     pickers = pickers if pickers is not None else [None] * len(prompts)
     rows = [
-        _Row(pending=list(prompt[shared:]), draft=list(draft), copies=list(pieces), seen=shared, picker=picker)
-        for prompt, draft, pieces, picker in zip(prompts, drafts, copies, pickers, strict=True)
+        _Row(pending=list(prompt[shared:]), draft=list(draft), redraft=redraft, seen=shared, picker=picker)
+        for prompt, draft, redraft, picker in zip(prompts, drafts, redrafts, pickers, strict=True)
     ]
     cache = DynamicCache()
     mask = torch.ones((len(rows), shared), dtype=torch.long, device=device)
@@ -134,7 +134,7 @@ def _choices(head: torch.nn.Module, hidden: torch.Tensor, counts: list[int], k: 
 
 def _propose(row: _Row) -> list[int]:
     """The draft tokens to verify next: the whole draft at first, then a resynchronised piece of
-    it, else the rest of a piece of the request that the output has started to copy."""
+    it, else the row's redraft."""
     if not row.generated:
         return row.draft
     # Find the generated tail in the draft, nearest the cursor, longest match first: after the
@@ -148,12 +148,7 @@ def _propose(row: _Row) -> list[int]:
             start = min(starts, key=lambda i: (i + n < row.cursor, abs(i + n - row.cursor)))
             row.cursor = start + n
             return row.draft[row.cursor : row.cursor + RESYNC_LOOKAHEAD]
-    for n in (2, 1):
-        tail = row.generated[-n:]
-        for piece in row.copies:
-            if len(piece) > n and piece[:n] == tail:
-                return piece[n : n + RESYNC_LOOKAHEAD]
-    return []
+    return row.redraft(row.generated)[:RESYNC_LOOKAHEAD] if row.redraft else []
 
 
 def _feed(active: list[_Row], proposals: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:

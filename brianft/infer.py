@@ -91,9 +91,11 @@ def generate(
                 texts = _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers)
             else:
                 draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
-                copies = [request_pieces(tokenizer, request) for request in requests] if drafts else None
+                redrafts = (
+                    [TextRedraft(tokenizer, d, r) for d, r in zip(drafts, requests, strict=True)] if drafts else None
+                )
                 texts = _draft_verify(
-                    body_and_head, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens, pickers
+                    body_and_head, tokenizer, prompts, draft_ids, redrafts, batch_size, max_new_tokens, pickers
                 )
     finally:
         model.train(was_training)
@@ -181,18 +183,48 @@ def _chunks(prompts: list[list[int]], batch_size: int, drafts: list[list[int]] |
         yield chunk
 
 
-def request_pieces(tokenizer, request: str, words: int = 3) -> list[list[int]]:
-    """Token ids of the request from each word on (up to `words` words), tokenized without the
-    leading space, as a value reads after `=` in the output: what a copied value continues with."""
-    starts = [m.start() for m in re.finditer(r"\S+", request)]
-    pieces = []
-    for k, start in enumerate(starts):
-        end = starts[k + words] if k + words < len(starts) else len(request)
-        pieces.append(tokenizer(request[start:end].rstrip(), add_special_tokens=False)["input_ids"])
-    return pieces
+class TextRedraft:
+    """A guess of what follows the generated text, at the level of text, not tokens: the model
+    may split the same text into other tokens than the tokenizer does (an address, a ticker), or
+    write another action than the draft, and token-level lining up then finds nothing.
+
+    The guess: the rest of the draft after the longest end of the generated text that the draft
+    contains ("unst" + "ake" still continues the draft "stake; token1=..."); else, inside a value,
+    the rest of the request's words that the value has started to copy.
+    """
+
+    MIN_OVERLAP = 3  # characters
+    COPY_WORDS = 3
+
+    def __init__(self, tokenizer, draft: str, request: str) -> None:
+        self.tokenizer, self.draft, self.request = tokenizer, draft, request
+        self._low_request = request.lower()
+
+    def __call__(self, generated: list[int]) -> list[int]:
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        rest = self._draft_rest(text) or self._copy_rest(text)
+        return self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else []
+
+    def _draft_rest(self, text: str) -> str:
+        for size in range(min(len(text), 40), self.MIN_OVERLAP - 1, -1):
+            ends = [m.start() + size for m in re.finditer(re.escape(text[-size:]), self.draft)]
+            if ends := [end for end in ends if end < len(self.draft)]:
+                return self.draft[min(ends, key=lambda end: abs(end - len(text))) :]  # nearest where the text is
+        return ""
+
+    def _copy_rest(self, text: str) -> str:
+        value = re.split(r"[=|\n]", text)[-1]
+        if not value.strip():
+            return ""
+        for match in re.finditer(re.escape(value.lower()), self._low_request):
+            if match.start() == 0 or not self._low_request[match.start() - 1].isalnum():
+                end = match.end()
+                words = re.match(rf"\S*(?:\s+\S+){{0,{self.COPY_WORDS - 1}}}", self.request[end:])
+                return words.group(0) if words else ""
+        return ""
 
 
-def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_size, max_new_tokens, pickers):
+def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, redrafts, batch_size, max_new_tokens, pickers):
     body, head = body_and_head
     outputs: list[str] = [""] * len(prompts)
     for chunk in _chunks(prompts, batch_size, draft_ids):
@@ -204,7 +236,7 @@ def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, copies, batch_si
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens,
-            copies=[copies[i] for i in chunk] if copies else None,
+            redrafts=[redrafts[i] for i in chunk] if redrafts else None,
             pickers=[pickers[i] for i in chunk] if pickers else None,
         )
         for index, tokens in zip(chunk, generated, strict=True):

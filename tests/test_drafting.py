@@ -154,16 +154,22 @@ def test_inference_dtype_names():
         inference_dtype("float16", torch.device("cpu"))
 
 
-def test_request_pieces_and_copy_proposals(tiny_llama_dir):
+def test_text_redraft_lines_up_text_not_tokens(tiny_llama_dir):
     from brianft.drafting import _propose, _Row
-    from brianft.infer import request_pieces
+    from brianft.infer import TextRedraft
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    pieces = request_pieces(tokenizer, "bridge  100 usdt from ethereum", words=2)
-    decoded = [tokenizer.decode(piece) for piece in pieces]
-    assert decoded == ["bridge  100", "100 usdt", "usdt from", "from ethereum", "ethereum"]
-    # The model left the draft and started copying "usdt from": the rest of the piece is proposed.
-    usdt_from = pieces[2]
-    row = _Row(pending=[], draft=[1, 2, 3], copies=pieces, generated=[9, 9, usdt_from[0]])
-    assert _propose(row) == usdt_from[1:9]
-    assert _propose(_Row(pending=[], draft=[], copies=pieces, generated=[9, 9])) == []
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    redraft = TextRedraft(tokenizer, "stake; token1=eth; amount=1", "stop staking 1 eth on lido")
+    # another action than the draft's, the rest of the draft still follows its end
+    assert tokenizer.decode(redraft(ids("unstake"))) == "; token1=eth; amount=1"
+    # inside a value the draft does not hold, the request's next words are proposed
+    assert tokenizer.decode(redraft(ids("unstake; token1=eth; amount=1; protocol=li"))) == "do"
+    assert redraft(ids("unstake; token1=eth; amount=1; protocol=zz")) == []
+    # the row's redraft is used once the draft's own tokens no longer line up, capped in length
+    row = _Row(pending=[], draft=ids("balance"), redraft=redraft, generated=ids("unstake"))
+    assert tokenizer.decode(_propose(row)) == tokenizer.decode(redraft(ids("unstake"))[:8])
+    assert _propose(_Row(pending=[], draft=[], generated=ids("xyz"))) == []

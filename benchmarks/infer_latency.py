@@ -1,7 +1,9 @@
 """Inference latency and throughput: brianft's extractor against a naive baseline, same requests.
 
 Every variant runs in its own process (so its peak memory is its own) on the same test-split
-requests of a finished run, after one uncounted warm-up request:
+requests of a finished run, after one uncounted warm-up request (the batched variants: after
+one uncounted pass over their requests, so that every batch shape's kernels are planned, as
+in a server that has been running for a while):
 
 - naive:          the PEFT model as loaded (LoRA not merged, float32), transformers' `generate`,
                   greedy, one request at a time
@@ -96,6 +98,8 @@ def child(variant: str, run: str, requests: list[str], batch_size: int) -> dict:
     outputs, latencies = [], []
     if variant in BATCHED:
         per_call = batch_size if variant == "ours-batched" else len(requests)
+        for start in range(0, len(requests), per_call):  # steady state: every batch shape planned once
+            generate(requests[start : start + per_call])
         started = time.perf_counter()
         for start in range(0, len(requests), per_call):
             outputs += generate(requests[start : start + per_call])

@@ -2,6 +2,8 @@
 does not support; decoding under it gives valid output on any model, drafted or not."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from brianft.constrain import ConstrainedPicker, OutputGrammar, request_grammars
@@ -11,10 +13,12 @@ from brianft.normalize import Canonicalizer
 from brianft.prompting import encode_prompt
 from brianft.target import example_target
 
+SPANS = SpanFinder(Canonicalizer.default())
+
 
 @pytest.fixture(scope="module")
 def spans():
-    return SpanFinder(Canonicalizer.default())
+    return SPANS
 
 
 def grammar(request: str, spans) -> OutputGrammar:
@@ -243,3 +247,14 @@ def test_grammars_must_match_the_requests(tiny_llama_dir, spans):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     with pytest.raises(ValueError, match="grammars"):
         generate(model, tokenizer, REQUESTS, is_seq2seq=False, grammars=request_grammars(REQUESTS[:1], spans))
+
+
+@settings(max_examples=150, deadline=None)
+@given(request_text=st.text(max_size=120), output=st.text(max_size=60))
+def test_grammar_never_raises(request_text, output):
+    """Any request builds a grammar, and any text gets an answer (the model's output can be
+    anything); a whole output is always also a valid prefix."""
+    for fmt in ("fields", "slots"):
+        allowed = OutputGrammar.for_request(request_text, SPANS, fmt)
+        assert allowed.allows_prefix("") and allowed.allows_end("none")
+        assert allowed.allows_end(output) <= allowed.allows_prefix(output)

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from brianft.target import TargetFormat
+
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message says which and why."""
@@ -34,7 +36,7 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, ge=0.0, lt=0.5, description="share of curated and user data kept for test")
     max_prompt_chars: int = Field(1000, ge=16)
     registry_dirs: list[Path] = Field(default_factory=list, description="extra registry YAML directories")
-    target_format: Literal["fields", "slots"] = Field(
+    target_format: TargetFormat = Field(
         "fields", description="what the model learns to write: 'fields' (key=value) or 'slots' (brianft.target)"
     )
 

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from brianft.data.spans import SpanFinder
+from brianft.data.spans import SpanFinder, word_spans
 from brianft.schema import ALLOWED_FIELDS, FIELDS, Action
 from brianft.target import FIELD_SEPARATOR, NO_INTENT, SLOT_FIELDS, SLOT_SEPARATOR, TargetFormat
 
@@ -34,9 +34,10 @@ MAX_VALUE_WORDS = 6
 _ACTIONS = tuple(a.value for a in Action)
 _FIELD_ORDER = {name: index for index, name in enumerate(FIELDS)}
 _KNOWN_ONLY = ("chain", "dest_chain", "protocol")
+# Fields whose values are read exactly like an earlier field's (FIELDS order): built once.
+_SAME_VALUES = {"token2": "token1", "amount_out": "amount", "dest_chain": "chain"}
 # A value starts and ends at a word's edge, or where a number meets the word glued to it ("49ether").
 _PIECE = re.compile(r"\d[\d.,]*(?=[^\W\d_])|\S+")
-_EDGE_PUNCTUATION = "\"'()[]{}!?,;:…*"
 # Words after which a name that is both a token and a chain ("eth", "matic") is the token.
 _TOKEN_CUES = frozenset({"my", "of", "for", "plain", "the", "some", "your", "our", "all", "more", "much"})
 
@@ -56,6 +57,9 @@ class OutputGrammar:
         candidates = _value_candidates(request)
         values: dict[str, dict[str, str]] = {}
         for name in FIELDS:
+            if name in _SAME_VALUES:
+                values[name] = values[_SAME_VALUES[name]]
+                continue
             allowed: dict[str, str] = {}
             for text, before in candidates:
                 canonical = spans.canonical(name, text)
@@ -165,17 +169,7 @@ class OutputGrammar:
 def _value_candidates(request: str) -> list[tuple[str, str]]:
     """Every run of up to MAX_VALUE_WORDS pieces of the request, edge punctuation trimmed, with
     the word before it (lower case), in order of appearance."""
-    pieces = []
-    for match in _PIECE.finditer(request):
-        start, end = match.start(), match.end()
-        while start < end and request[start] in _EDGE_PUNCTUATION:
-            start += 1
-        while end > start and request[end - 1] in _EDGE_PUNCTUATION + ".":
-            end -= 1
-        if request[start:end].lower().endswith(("'s", "’s")):  # possessive: "bob.eth's"
-            end -= 2
-        if start < end:
-            pieces.append((start, end))
+    pieces = word_spans(request, _PIECE)
     out = []
     for i, (start, _) in enumerate(pieces):
         before = request[pieces[i - 1][0] : pieces[i - 1][1]].lower() if i else ""

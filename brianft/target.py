@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from brianft.schema import ALLOWED_FIELDS, FIELDS, Action, Example
 
@@ -35,7 +35,7 @@ NO_INTENT = "none"
 FIELD_SEPARATOR = "; "
 SLOT_SEPARATOR = "|"
 TargetFormat = Literal["fields", "slots"]
-TARGET_FORMATS: tuple[str, ...] = ("fields", "slots")
+TARGET_FORMATS: tuple[str, ...] = get_args(TargetFormat)
 # The slots of each action: the fields it allows, in schema order.
 SLOT_FIELDS: dict[str, tuple[str, ...]] = {
     action.value: tuple(name for name in FIELDS if name in ALLOWED_FIELDS[action]) for action in Action

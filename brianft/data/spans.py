@@ -21,9 +21,11 @@ _FILLER_WORDS = frozenset({"of", "my", "the", "it", "your", "our", "on", "to", "
 _EDGE_PUNCTUATION = "\"'()[]{}!?,;:.…*"
 
 
-def _word_spans(prompt: str) -> list[tuple[int, int]]:
+def word_spans(prompt: str, pattern: re.Pattern[str] = _WORD) -> list[tuple[int, int]]:
+    """(start, end) of each `pattern` match (default: each word), edge punctuation and a
+    possessive "'s" trimmed; a leading "." stays (".5")."""
     spans = []
-    for match in _WORD.finditer(prompt):
+    for match in pattern.finditer(prompt):
         start, end = match.start(), match.end()
         while start < end and prompt[start] in _EDGE_PUNCTUATION and prompt[start] != ".":
             start += 1
@@ -38,7 +40,7 @@ def _word_spans(prompt: str) -> list[tuple[int, int]]:
 
 def _candidates(prompt: str) -> list[tuple[int, int, str]]:
     """(word count, start offset, text) of every n-gram of up to MAX_SPAN_WORDS words."""
-    words = _word_spans(prompt)
+    words = word_spans(prompt)
     out = []
     for i in range(len(words)):
         for n in range(1, MAX_SPAN_WORDS + 1):

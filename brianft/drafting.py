@@ -41,6 +41,15 @@ class _Row:
     picker: ConstrainedPicker | None = None
 
 
+@dataclass
+class _Batch:
+    """Rows decoded together: their KV cache and attention mask (one row each, same width)."""
+
+    rows: list[_Row]
+    cache: DynamicCache
+    mask: torch.Tensor
+
+
 @torch.inference_mode()
 def draft_verify_generate(
     body: torch.nn.Module,
@@ -53,52 +62,106 @@ def draft_verify_generate(
     max_new_tokens: int,
     redrafts: Sequence[Callable[[list[int]], list[int]]] | None = None,
     pickers: Sequence[ConstrainedPicker] | None = None,
+    batches: Sequence[list[int]] | None = None,
+    max_rows: int | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations of `prompts` (without EOS), one batch, verifying `drafts` as it goes.
+    """Greedy continuations of `prompts` (without EOS), verifying `drafts` as it goes.
     `redrafts` (per prompt: generated tokens -> a guess of the next ones) feed later drafts where
     the model left the draft and the draft's own tokens cannot be lined up again.
     `pickers` (one per prompt) constrain each choice to valid outputs (`brianft.constrain`): the
     result is then the constrained greedy output, whatever the draft.
 
+    `batches` (lists of indices into `prompts`; default: all of them at once) start one at a
+    time with one pass over their prompts and whole drafts. The rows a batch's first pass leaves
+    unfinished (a wrong draft) join a single pool of stragglers from every batch, which advances a
+    pass whenever admitting the next batch's leftovers would exceed `max_rows` rows, and to the
+    end after the last batch. Why: a pass costs ~30 ms on a CPU before its first token, and
+    each batch's own tail of a few slow rows paid that for every token; pooled, the tails share
+    their passes, and their few tokens a row are not padded to a new batch's prompt width.
+
     `body` is the decoder stack (hidden states out), `head` the output projection: logits are
     computed only where a token is chosen, never over the prompt.
     """
     device = next(body.parameters()).device
-    shared = _shared_prefix(prompts)
     redrafts = redrafts if redrafts is not None else [None] * len(prompts)
     pickers = pickers if pickers is not None else [None] * len(prompts)
     rows = [
-        _Row(pending=list(prompt[shared:]), draft=list(draft), redraft=redraft, seen=shared, picker=picker)
+        _Row(pending=list(prompt), draft=list(draft), redraft=redraft, picker=picker)
         for prompt, draft, redraft, picker in zip(prompts, drafts, redrafts, pickers, strict=True)
     ]
+    top_k = TOP_K if any(pickers) else 1
+
+    def advance(batch: _Batch) -> None:
+        _step(body, head, batch, top_k=top_k, eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens)
+
+    max_rows = max_rows or len(prompts)
+    pool: _Batch | None = None
+    for indices in batches if batches is not None else [list(range(len(prompts)))]:
+        batch = _start(body, [rows[i] for i in indices], device)
+        advance(batch)
+        while pool is not None and pool.rows and len(pool.rows) + len(batch.rows) > max_rows:
+            advance(pool)
+        pool = _merge(pool, batch)
+    while pool is not None and pool.rows:
+        advance(pool)
+    return [row.generated for row in rows]
+
+
+def _start(body: torch.nn.Module, rows: list[_Row], device) -> _Batch:
+    """A batch of fresh rows (`pending` = the whole prompt), with the prefix their prompts share
+    already in its cache."""
+    prompts = [row.pending for row in rows]
+    shared = _shared_prefix(prompts)
     cache = DynamicCache()
-    mask = torch.ones((len(rows), shared), dtype=torch.long, device=device)
     if shared:
         # The chat template's opening tokens are the same in every prompt: run them once and
         # copy their cache to every row instead of computing them once per row.
         prefix = torch.tensor([prompts[0][:shared]], device=device)
         body(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], cache=cache, use_cache=True)
         cache.batch_repeat_interleave(len(rows))
-    active = list(rows)
-    while active:
-        proposals = [_propose(row) for row in active]
-        ids, new_mask, positions = _feed(active, proposals, pad_id, device)
-        mask = torch.cat([mask, new_mask], dim=1)
-        hidden = body(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
-        ).last_hidden_state
-        choices = _choices(head, hidden, [len(p) + 1 for p in proposals], TOP_K if any(pickers) else 1)
-        for b, (row, proposal) in enumerate(zip(active, proposals, strict=True)):
-            rejected = _accept(row, proposal, choices[b], eos_id, max_new_tokens)
-            if rejected:
-                mask[b, mask.shape[1] - rejected :] = 0
-        keep = [b for b, row in enumerate(active) if not row.done]
-        if len(keep) < len(active) and keep:
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask = mask.index_select(0, index)
-        active = [active[b] for b in keep]
-    return [row.generated for row in rows]
+    for row in rows:
+        row.pending, row.seen = row.pending[shared:], shared
+    return _Batch(rows, cache, torch.ones((len(rows), shared), dtype=torch.long, device=device))
+
+
+def _step(body, head, batch: _Batch, *, top_k: int, eos_id: int, pad_id: int, max_new_tokens: int) -> None:
+    """One forward pass for every row of `batch`; finished rows leave it."""
+    proposals = [_propose(row) for row in batch.rows]
+    ids, new_mask, positions = _feed(batch.rows, proposals, pad_id, batch.mask.device)
+    batch.mask = torch.cat([batch.mask, new_mask], dim=1)
+    hidden = body(
+        input_ids=ids, attention_mask=batch.mask, position_ids=positions, cache=batch.cache, use_cache=True
+    ).last_hidden_state
+    choices = _choices(head, hidden, [len(p) + 1 for p in proposals], top_k)
+    for b, (row, proposal) in enumerate(zip(batch.rows, proposals, strict=True)):
+        rejected = _accept(row, proposal, choices[b], eos_id, max_new_tokens)
+        if rejected:
+            batch.mask[b, batch.mask.shape[1] - rejected :] = 0
+    keep = [b for b, row in enumerate(batch.rows) if not row.done]
+    if len(keep) < len(batch.rows) and keep:
+        index = torch.tensor(keep, device=batch.mask.device)
+        batch.cache.batch_select_indices(index)
+        batch.mask = batch.mask.index_select(0, index)
+    batch.rows = [batch.rows[b] for b in keep]
+
+
+def _merge(pool: _Batch | None, batch: _Batch) -> _Batch | None:
+    """One batch of both's unfinished rows: the narrower cache and mask are padded on the left
+    with masked-out columns (positions are per row, so a row's columns may move)."""
+    if pool is None or not pool.rows:
+        return batch if batch.rows else None
+    if not batch.rows:
+        return pool
+    width = max(pool.mask.shape[1], batch.mask.shape[1])
+
+    def widen(t: torch.Tensor, dim_from_end: int) -> torch.Tensor:
+        missing = width - t.shape[-dim_from_end]
+        return torch.nn.functional.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0)) if missing else t
+
+    for mine, theirs in zip(pool.cache.layers, batch.cache.layers, strict=True):
+        mine.keys = torch.cat([widen(mine.keys, 2), widen(theirs.keys, 2)])
+        mine.values = torch.cat([widen(mine.values, 2), widen(theirs.values, 2)])
+    return _Batch(pool.rows + batch.rows, pool.cache, torch.cat([widen(pool.mask, 1), widen(batch.mask, 1)]))
 
 
 def _shared_prefix(prompts: Sequence[list[int]]) -> int:

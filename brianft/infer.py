@@ -164,6 +164,9 @@ def _body_and_head(model):
         return None
 
 
+MAX_PADDING = 0.25  # of a batch's tokens
+
+
 def _chunks(prompts: list[list[int]], batch_size: int, drafts: list[list[int]] | None = None) -> Iterator[list[int]]:
     """Indices of `prompts` in batches of similar length (prompt plus draft: what the first pass
     feeds): at most `batch_size` rows, and a new batch starts before padding would exceed a
@@ -174,7 +177,7 @@ def _chunks(prompts: list[list[int]], batch_size: int, drafts: list[list[int]] |
     total = 0
     for i in sorted(range(len(prompts)), key=length.__getitem__):
         padded = length[i] * (len(chunk) + 1)  # sorted: the newest row is the widest
-        if chunk and (len(chunk) == batch_size or padded > 1.25 * (total + length[i])):
+        if chunk and (len(chunk) == batch_size or padded > (1 + MAX_PADDING) * (total + length[i])):
             yield chunk
             chunk, total = [], 0
         chunk.append(i)
@@ -226,22 +229,20 @@ class TextRedraft:
 
 def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, redrafts, batch_size, max_new_tokens, pickers):
     body, head = body_and_head
-    outputs: list[str] = [""] * len(prompts)
-    for chunk in _chunks(prompts, batch_size, draft_ids):
-        generated = draft_verify_generate(
-            body,
-            head,
-            [prompts[i] for i in chunk],
-            [draft_ids[i] for i in chunk],
-            eos_id=tokenizer.eos_token_id,
-            pad_id=tokenizer.pad_token_id,
-            max_new_tokens=max_new_tokens,
-            redrafts=[redrafts[i] for i in chunk] if redrafts else None,
-            pickers=[pickers[i] for i in chunk] if pickers else None,
-        )
-        for index, tokens in zip(chunk, generated, strict=True):
-            outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    return outputs
+    generated = draft_verify_generate(
+        body,
+        head,
+        prompts,
+        draft_ids,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        max_new_tokens=max_new_tokens,
+        redrafts=redrafts,
+        pickers=pickers,
+        batches=list(_chunks(prompts, batch_size, draft_ids)),
+        max_rows=batch_size,
+    )
+    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in generated]
 
 
 @torch.inference_mode()

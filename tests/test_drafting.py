@@ -45,8 +45,11 @@ class CountingBody(torch.nn.Module):
         super().__init__()
         self.body, self.calls = body, 0
 
+        self.widest = 0  # most rows in one pass
+
     def forward(self, **kwargs):
         self.calls += 1
+        self.widest = max(self.widest, kwargs["input_ids"].shape[0])
         return self.body(**kwargs)
 
 
@@ -67,7 +70,7 @@ def test_shared_prefix_leaves_every_prompt_a_token():
     assert _shared_prefix([[7], [1, 2]]) == 0
 
 
-def run(model, tokenizer, prompts, drafts):
+def run(model, tokenizer, prompts, drafts, **options):
     body, head = backbone_and_head(model)
     counting = CountingBody(body)
     out = draft_verify_generate(
@@ -78,14 +81,16 @@ def run(model, tokenizer, prompts, drafts):
         eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id,
         max_new_tokens=MAX_NEW,
+        **options,
     )
-    return out, counting.calls
+    return out, counting
 
 
 def test_no_draft_equals_greedy_generate(tiny):
     model, tokenizer, prompts, expected = tiny
-    out, calls = run(model, tokenizer, prompts, [[] for _ in prompts])
+    out, counted = run(model, tokenizer, prompts, [[] for _ in prompts])
     assert out == expected
+    calls = counted.calls
     # one token per pass (EOS included), plus one pass over the prefix all prompts share
     assert calls == max(min(len(e) + 1, MAX_NEW) for e in expected) + prefix_passes(prompts)
 
@@ -93,9 +98,9 @@ def test_no_draft_equals_greedy_generate(tiny):
 def test_right_draft_is_accepted_in_one_pass(tiny):
     model, tokenizer, prompts, expected = tiny
     drafts = [e + ([tokenizer.eos_token_id] if len(e) < MAX_NEW else []) for e in expected]
-    out, calls = run(model, tokenizer, prompts, drafts)
+    out, counted = run(model, tokenizer, prompts, drafts)
     assert out == expected
-    assert calls == 1 + prefix_passes(prompts)
+    assert counted.calls == 1 + prefix_passes(prompts)
 
 
 def test_wrong_or_partial_drafts_change_nothing_but_speed(tiny):
@@ -105,9 +110,24 @@ def test_wrong_or_partial_drafts_change_nothing_but_speed(tiny):
     for drafts in (wrong, partial):
         out, _ = run(model, tokenizer, prompts, drafts)
         assert out == expected
-    _, calls_partial = run(model, tokenizer, prompts, partial)
-    _, calls_none = run(model, tokenizer, prompts, [[] for _ in prompts])
-    assert calls_partial < calls_none  # the draft resynchronises after the inserted tokens
+    _, partial_run = run(model, tokenizer, prompts, partial)
+    _, undrafted_run = run(model, tokenizer, prompts, [[] for _ in prompts])
+    assert partial_run.calls < undrafted_run.calls  # the draft resynchronises after the inserted tokens
+
+
+def test_batches_pool_their_unfinished_rows(tiny):
+    """Rows a batch's first pass leaves unfinished share later passes with other batches' rows,
+    never more than `max_rows` at once, and every output stays the model's greedy output."""
+    model, tokenizer, prompts, expected = tiny
+    drafts = [e[:2] + [5, 6, 7] for e in expected]  # right, then wrong: every row straggles
+    batches = [[3], [0, 2], [1]]
+    one_by_one = [run(model, tokenizer, [prompts[i] for i in b], [drafts[i] for i in b])[1].calls for b in batches]
+    for max_rows in (1, 2, 3, 4):
+        out, pooled = run(model, tokenizer, prompts, drafts, batches=batches, max_rows=max_rows)
+        assert out == expected
+        assert pooled.widest <= max(max_rows, 2)  # a batch of two starts whole, then waits for room
+    if max(len(e) for e in expected) > 3:
+        assert pooled.calls < sum(one_by_one)
 
 
 def test_max_new_tokens_is_respected(tiny):

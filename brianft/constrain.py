@@ -10,7 +10,7 @@ taken only if the output text stays a prefix of some valid output, else its next
 A valid output (`brianft.target`) is `none`, or one line per intent: an action, then
 `; field=value` pairs in schema order, each field allowed for the action and written once (or,
 in the `slots` format, `|value` slots for the action's fields, trailing empty ones left out). Each
-value is a span of the request (between word boundaries, case-insensitive) that canonicalises as
+value is a span of the request (between word boundaries, written as the request writes it) that canonicalises as
 its field: a token, an amount, an address; for chain, dest_chain and protocol a name the registry
 knows. So a chain or protocol the registry does not know cannot be extracted: the field is left
 out, and the caller is told (`ConstrainedPicker.overrides`), never handed an invented value.
@@ -44,8 +44,8 @@ _TOKEN_CUES = frozenset({"my", "of", "for", "plain", "the", "some", "your", "our
 
 @dataclass(frozen=True)
 class OutputGrammar:
-    """The outputs allowed for one request: `values[field]` maps each allowed value, lower-cased,
-    to how the request writes it."""
+    """The outputs allowed for one request: `values[field]` maps each allowed value, exactly as
+    the request writes it, to its canonical value."""
 
     values: dict[str, dict[str, str]]
     fmt: TargetFormat = "fields"
@@ -55,27 +55,37 @@ class OutputGrammar:
         from brianft.rules import NOT_TOKEN_WORDS  # here: the rules module imports the decoder
 
         candidates = _value_candidates(request)
+        names = _known_names(candidates, spans)
         values: dict[str, dict[str, str]] = {}
         for name in FIELDS:
             if name in _SAME_VALUES:
                 values[name] = values[_SAME_VALUES[name]]
                 continue
             allowed: dict[str, str] = {}
-            for text, before in candidates:
+            for candidate in candidates:
+                text = candidate.text
                 canonical = spans.canonical(name, text)
                 if canonical is None:
                     continue
                 if name in _KNOWN_ONLY and not spans.is_known(name, canonical):
                     continue
-                # an unknown ticker is one word, not an amount ("10", "half"), not a word that frames values
-                unknown_token = name.startswith("token") and not spans.is_known_token(text)
-                if unknown_token and (
-                    " " in text or text.lower() in NOT_TOKEN_WORDS or spans.canonical("amount", text) is not None
+                # an unknown ticker is one word, not an amount ("10", "half"), not a word that frames
+                # values, not an address or ENS name, not a word of a known name ("rocket" of "rocket pool")
+                if (
+                    name.startswith("token")
+                    and not spans.is_known_token(text)
+                    and (
+                        " " in text
+                        or text.lower() in NOT_TOKEN_WORDS
+                        or spans.canonical("amount", text) is not None
+                        or spans.canonical("address", text) is not None
+                        or any(start <= candidate.start and candidate.end <= end for start, end in names)
+                    )
                 ):
                     continue
-                if name.endswith("chain") and spans.is_known_token(text) and _introduces_token(before):
+                if name.endswith("chain") and spans.is_known_token(text) and _introduces_token(candidate.before, spans):
                     continue  # "eth" is a chain in "on eth", a token in "half my eth" or "1 eth"
-                allowed.setdefault(text.lower(), text)
+                allowed.setdefault(text, canonical)
             values[name] = allowed
         return cls(values, fmt)
 
@@ -86,7 +96,7 @@ class OutputGrammar:
     def phrases(self) -> list[str]:
         """Everything an output is made of, as written: to find tokens that can continue it."""
         words = [*_ACTIONS, NO_INTENT, *(f"{name}=" for name in FIELDS), FIELD_SEPARATOR, SLOT_SEPARATOR, "\n"]
-        return words + [text for allowed in self.values.values() for text in allowed.values()]
+        return words + [text for allowed in self.values.values() for text in allowed]
 
     def allows_prefix(self, text: str) -> bool:
         return self._status(text) is not None
@@ -114,6 +124,7 @@ class OutputGrammar:
             return None
         allowed = ALLOWED_FIELDS[Action(action)]
         previous = -1
+        written: dict[str, str] = {}  # canonical values of the fields so far
         pairs = (";" + rest).split(FIELD_SEPARATOR.rstrip())[1:]
         for index, pair in enumerate(pairs):
             last = index == len(pairs) - 1
@@ -123,14 +134,17 @@ class OutputGrammar:
                 return None
             name, equals, value = pair[1:].partition("=")
             if not equals:
-                fits = any(f.startswith(name) and _FIELD_ORDER[f] > previous and self.values[f] for f in allowed)
+                fits = any(
+                    f.startswith(name) and _FIELD_ORDER[f] > previous and self._options(f, written) for f in allowed
+                )
                 return False if last and fits else None
             if name not in allowed or _FIELD_ORDER[name] <= previous:
                 return None
             previous = _FIELD_ORDER[name]
-            status = self._value(name, value)
+            status = self._value(name, value, written)
             if last or status is not True:
                 return status if last else None
+            written[name] = self.values[name][value]
         return None  # pragma: no cover - the loop always returns
 
     def _slot_line(self, line: str) -> bool | None:
@@ -143,14 +157,18 @@ class OutputGrammar:
         slots = rest.split(SLOT_SEPARATOR)
         if len(slots) > len(names):
             return None
+        written: dict[str, str] = {}
         for index, value in enumerate(slots):
+            name = names[index]
             if index < len(slots) - 1:
-                if value and self._value(names[index], value) is not True:
+                if value and self._value(name, value, written) is not True:
                     return None
+                if value:
+                    written[name] = self.values[name][value]
                 continue
             if not value:  # a slot was just opened: some field from here on must be possible
-                return False if any(self.values[name] for name in names[index:]) else None
-            return self._value(names[index], value)
+                return False if any(self._options(later, written) for later in names[index:]) else None
+            return self._value(name, value, written)
         return None  # pragma: no cover - the loop always returns
 
     def _line_action(self, action: str) -> bool | None:
@@ -158,30 +176,51 @@ class OutputGrammar:
             return True
         return False if any(a.startswith(action) for a in _ACTIONS) else None
 
-    def _value(self, name: str, value: str) -> bool | None:
-        value = value.lower()
-        allowed = self.values[name]
-        if value in allowed:
+    def _options(self, name: str, written: dict[str, str]) -> list[str]:
+        """The values `name` may take after the fields `written` (canonical values): a swap's
+        token2 is not its token1 ("sell 0.01 wbtc" has no token2)."""
+        taken = written.get("token1") if name == "token2" else None
+        return [text for text, canonical in self.values[name].items() if canonical != taken]
+
+    def _value(self, name: str, value: str, written: dict[str, str]) -> bool | None:
+        options = self._options(name, written)
+        if value in options:
             return True
-        return False if any(v.startswith(value) for v in allowed) else None
+        return False if any(option.startswith(value) for option in options) else None
 
 
-def _value_candidates(request: str) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class _Candidate:
+    text: str
+    before: str  # the word before it, lower case
+    start: int
+    end: int
+
+
+def _value_candidates(request: str) -> list[_Candidate]:
     """Every run of up to MAX_VALUE_WORDS pieces of the request, edge punctuation trimmed, with
-    the word before it (lower case), in order of appearance."""
+    the word before it, in order of appearance."""
     pieces = word_spans(request, _PIECE)
     out = []
     for i, (start, _) in enumerate(pieces):
         before = request[pieces[i - 1][0] : pieces[i - 1][1]].lower() if i else ""
         for j in range(i, min(i + MAX_VALUE_WORDS, len(pieces))):
-            out.append((request[start : pieces[j][1]], before))
-            if request[pieces[j][1] : pieces[j][1] + 1] == ".":  # "usdc." may end "usdc.e"; also keep the dot
-                out.append((request[start : pieces[j][1] + 1], before))
+            end = pieces[j][1]
+            out.append(_Candidate(request[start:end], before, start, end))
+            if request[end : end + 1] == ".":  # "usdc." may end "usdc.e"; also keep the dot
+                out.append(_Candidate(request[start : end + 1], before, start, end + 1))
     return out
 
 
-def _introduces_token(word: str) -> bool:
-    return word in _TOKEN_CUES or bool(word) and word[0].isdigit()
+def _known_names(candidates: list[_Candidate], spans: SpanFinder) -> list[tuple[int, int]]:
+    """Where the request writes, in several words, a chain or protocol name the registry lists
+    ("rocket pool", "binance smart chain"): none of their words is a ticker of its own."""
+    return [(c.start, c.end) for c in candidates if " " in c.text and spans.is_registry_name(c.text)]
+
+
+def _introduces_token(word: str, spans: SpanFinder) -> bool:
+    """Whether a name after `word` is a token: after "my", "of"... or an amount ("1", "twenty")."""
+    return word in _TOKEN_CUES or bool(word) and (word[0].isdigit() or spans.canonical("amount", word) is not None)
 
 
 @dataclass

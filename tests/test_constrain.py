@@ -123,11 +123,40 @@ def test_end_only_where_the_output_is_whole(spans):
     assert not allowed.allows_prefix("swap; token1=eth; token2=usdc; amount=1; chain=base;")
 
 
-def test_values_are_matched_case_insensitively_but_whole(spans):
+def test_values_are_copied_exactly_and_whole(spans):
     allowed = grammar("send 5 USDC to 0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96045", spans)
-    assert allowed.allows_end("transfer; token1=usdc; amount=5; address=0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96045")
-    assert not allowed.allows_end("transfer; token1=usdc; amount=5; address=0xd8dA6BF26964aF9D7eEd9e03E53415D37aA9604")
-    assert not allowed.allows_end("transfer; token1=usdc; amount=5; address=d8dA6BF26964aF9D7eEd9e03E53415D37aA96045")
+    assert allowed.allows_end("transfer; token1=USDC; amount=5; address=0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96045")
+    assert not allowed.allows_end("transfer; token1=USDC; amount=5; address=0xd8dA6BF26964aF9D7eEd9e03E53415D37aA9604")
+    assert not allowed.allows_end("transfer; token1=USDC; amount=5; address=d8dA6BF26964aF9D7eEd9e03E53415D37aA96045")
+    # another case is another text: a checksummed address changes meaning, and the model is trained to copy
+    assert not allowed.allows_end("transfer; token1=usdc; amount=5; address=0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96045")
+    assert not allowed.allows_end("transfer; token1=USDC; amount=5; address=0xd8da6bf26964af9d7eed9e03e53415d37aa96045")
+
+
+@pytest.mark.parametrize(
+    ("request_text", "refused"),
+    [
+        # an address or ENS name is not a ticker
+        ("withdraw 2 eth from aave and pay treasury.base.eth with it", "transfer; token1=treasury.base.eth"),
+        ("pay 0xd8dA6BF26964aF9D7eEd9e03E53415D37aA96045 with my gho", "transfer; token1=0xd8dA6BF26964aF9D7eEd9e03"),
+        # a word of a multi-word chain or protocol name is not a ticker
+        ("stake 5 on rocket pool", "stake; token1=rocket"),
+        ("bridge 13,250 EIGEN into BINANCE SMART CHAIN", "bridge; token1=EIGEN; token2=BINANCE"),
+        # a swap's token2 is not its token1
+        ("sell 0.01 wbtc", "swap; token1=wbtc; token2=wbtc"),
+        ("sell 0.01 wbtc", "swap; token1=wbtc; t"),
+        # a name that is a token and a chain, after an amount written in words, is the token
+        ("put one hundred and twenty ETH to work in staking", "stake; token1=ETH; amount=one hundred and twenty; chain=E"),
+    ],
+)
+def test_values_that_cannot_be_what_the_field_holds_are_refused(spans, request_text, refused):
+    assert not grammar(request_text, spans).allows_prefix(refused)
+
+
+def test_refusals_leave_the_right_reading(spans):
+    assert grammar("stake 5 on rocket pool", spans).allows_end("stake; amount=5; protocol=rocket pool")
+    assert grammar("swap 1 weth for eth", spans).allows_end("swap; token1=weth; token2=eth; amount=1")
+    assert grammar("on eth, stake 2 eth", spans).allows_end("stake; token1=eth; amount=2; chain=eth")
 
 
 class ScriptedTokenizer:

@@ -80,6 +80,13 @@ class SpanFinder:
         """Whether the registry knows `text` as a token name ("usd coin", "eth")."""
         return " ".join(text.lower().lstrip("$").split()) in self._canonicalizer.registry.tokens
 
+    def is_registry_name(self, text: str) -> bool:
+        """Whether the registry lists `text` itself as a chain or protocol name ("rocket pool"),
+        not merely something that canonicalises to one."""
+        registry = self._canonicalizer.registry
+        name = " ".join(text.lower().split())
+        return name in registry.chains or name in registry.protocols
+
     def find(self, prompt: str, field: str, value: str) -> str | None:
         """The span of `prompt` that canonicalises to `value`, or None.
 

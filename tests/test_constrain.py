@@ -146,7 +146,7 @@ def test_values_are_copied_exactly_and_whole(spans):
         ("sell 0.01 wbtc", "swap; token1=wbtc; token2=wbtc"),
         ("sell 0.01 wbtc", "swap; token1=wbtc; t"),
         # a name that is a token and a chain, after an amount written in words, is the token
-        ("put one hundred and twenty ETH to work in staking", "stake; token1=ETH; amount=one hundred and twenty; chain=E"),
+        ("put twenty ETH to work in staking", "stake; token1=ETH; amount=twenty; chain=E"),
     ],
 )
 def test_values_that_cannot_be_what_the_field_holds_are_refused(spans, request_text, refused):

@@ -30,6 +30,11 @@ from brianft.schema import ALLOWED_FIELDS, FIELDS, Action
 from brianft.target import FIELD_SEPARATOR, NO_INTENT, SLOT_FIELDS, SLOT_SEPARATOR, TargetFormat
 
 TOP_K = 32
+# How much less likely (in nats) than the model's choice a draft's action may be and still be
+# written. On requests whose sentence structure training never saw, the model's wrong action
+# was mostly a close second to the right one, and the rule-based draft named the right one
+# ("lend" -> deposit, "weth -> eth" -> unwrap). Chosen on the validation split (docs/BENCHMARKS.md).
+ACTION_TIEBREAK_NATS = 2.0
 MAX_VALUE_WORDS = 6
 _ACTIONS = tuple(a.value for a in Action)
 _FIELD_ORDER = {name: index for index, name in enumerate(FIELDS)}
@@ -218,6 +223,12 @@ def _known_names(candidates: list[_Candidate], spans: SpanFinder) -> list[tuple[
     return [(c.start, c.end) for c in candidates if " " in c.text and spans.is_registry_name(c.text)]
 
 
+def _in_action(text: str) -> bool:
+    """Whether `text` ends inside a line's action name (or the start of an output)."""
+    line = text.rsplit("\n", 1)[-1].lstrip()
+    return not any(mark in line for mark in (";", "=", SLOT_SEPARATOR, " "))
+
+
 def _introduces_token(word: str, spans: SpanFinder) -> bool:
     """Whether a name after `word` is a token: after "my", "of"... or an amount ("1", "twenty")."""
     return word in _TOKEN_CUES or bool(word) and (word[0].isdigit() or spans.canonical("amount", word) is not None)
@@ -230,15 +241,17 @@ class ConstrainedPicker:
     tokenizer: object
     grammar: OutputGrammar
     eos_id: int
+    action_tiebreak: float = ACTION_TIEBREAK_NATS  # 0: a draft never overrides the model
     overrides: list[str] = field(default_factory=list)  # where the model's own choice was refused
     gave_up: bool = False  # no candidate fitted: decoding went on unconstrained
 
     _vocabulary: set[int] | None = field(default=None, repr=False)
 
-    def pick(self, generated: list[int], candidates: list[int], scores=None) -> int:
+    def pick(self, generated: list[int], candidates: list[int], scores=None, draft: int | None = None) -> int:
         """The first of `candidates` (the model's best tokens, best first) that keeps the output
         valid; else, when the logits `scores` are given, the best-scored token that does among
-        those the output can be made of."""
+        those the output can be made of. Inside an action name, a `draft` token (the rule-based
+        guess) at most `action_tiebreak` nats less likely than that choice is taken instead."""
         if self.gave_up:
             return candidates[0]
         text = self._text(generated)
@@ -246,7 +259,7 @@ class ConstrainedPicker:
             if self._fits(text, generated, token):
                 if token != candidates[0]:
                     self._note(text, candidates[0])
-                return token
+                return self._tiebreak(text, generated, token, draft, scores)
         if scores is not None:
             vocabulary = self._phrase_tokens() | self._continuation_tokens(text)
             ranked = sorted(vocabulary, key=lambda t: float(scores[t]), reverse=True)
@@ -257,6 +270,12 @@ class ConstrainedPicker:
         self.gave_up = True
         self.overrides.append(f"after {text.strip()[-40:]!r} no valid continuation was found; the output is unchecked")
         return candidates[0]
+
+    def _tiebreak(self, text: str, generated: list[int], choice: int, draft: int | None, scores) -> int:
+        if draft is None or draft == choice or scores is None or self.action_tiebreak <= 0 or not _in_action(text):
+            return choice
+        close = float(scores[choice]) - float(scores[draft]) <= self.action_tiebreak
+        return draft if close and self._fits(text, generated, draft) else choice
 
     def _fits(self, text: str, generated: list[int], token: int) -> bool:
         if token == self.eos_id:

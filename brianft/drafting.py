@@ -8,7 +8,9 @@ model's own argmax agrees with, plus the model's token at the first disagreement
 
 The result is the model's greedy output, whatever the draft: a drafted token survives only where
 greedy decoding would have produced it (up to float rounding between a one-token and a
-many-token forward pass). A wrong draft costs time, never correctness.
+many-token forward pass). A wrong draft costs time, never correctness. One deliberate exception,
+under constrained decoding only: a drafted action name that the model finds nearly as likely as
+its own choice is written instead (`ConstrainedPicker.action_tiebreak`).
 
 Rows of a batch advance independently: each keeps its own position ids, and rejected draft
 tokens stay in the KV cache but are masked out of attention, so no cache is ever cropped.
@@ -230,7 +232,9 @@ def _accept(row: _Row, proposal: list[int], choices: _Choices, eos_id: int, max_
     def choice_after(agreed: int) -> int:
         if row.picker is None:
             return choices.best[agreed][0]
-        return row.picker.pick(row.generated + proposal[:agreed], choices.best[agreed], choices.logits[agreed])
+        draft = proposal[agreed] if agreed < len(proposal) else None
+        scores = choices.logits[agreed]  # a difference of logits is one of log-probabilities
+        return row.picker.pick(row.generated + proposal[:agreed], choices.best[agreed], scores, draft=draft)
 
     agreed = 0
     choice = choice_after(0)

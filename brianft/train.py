@@ -209,7 +209,7 @@ def evaluate_examples(model, tokenizer, examples: list[Example], canonicalizer, 
         is_seq2seq=is_seq2seq,
         batch_size=config.train.eval_batch_size,
         max_new_tokens=config.train.max_new_tokens,
-        # as `Extractor.from_run` decodes: drafts are faster (the output is the model's), grammars constrain
+        # as `Extractor.from_run` decodes: drafts are faster (and break close calls between actions), grammars constrain
         drafts=rule_drafts(RulesExtractor(canonicalizer), prompts, config.data.target_format),
         grammars=request_grammars(prompts, SpanFinder(canonicalizer), config.data.target_format),
     )

@@ -2,11 +2,12 @@
 does not support; decoding under it gives valid output on any model, drafted or not."""
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from brianft.constrain import ConstrainedPicker, OutputGrammar, request_grammars
+from brianft.constrain import ACTION_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, request_grammars
 from brianft.data.spans import SpanFinder
 from brianft.infer import _hf_generate, generate
 from brianft.normalize import Canonicalizer
@@ -162,13 +163,26 @@ def test_refusals_leave_the_right_reading(spans):
 class ScriptedTokenizer:
     """Token i decodes to WORDS[i]: enough to test the picker without a model."""
 
-    WORDS = ["<eos>", "swap", ";", " token1", "=", "eth", "usdc", " token2", "chain", "base", "\n"]
+    WORDS = ["<eos>", "swap", ";", " token1", "=", "eth", "usdc", " token2", "chain", "base", "\n", "wrap"]
 
     def decode(self, ids, skip_special_tokens=False):
         return "".join(self.WORDS[i] for i in ids if i != 0 or not skip_special_tokens)
 
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [i for i, w in enumerate(self.WORDS) if w and w.strip() and w.strip() in text]}
+
+
+def test_a_close_draft_action_wins_over_the_models_choice(spans):
+    picker = ConstrainedPicker(ScriptedTokenizer(), grammar("wrap 1 eth", spans), eos_id=0)
+    scores = torch.zeros(len(ScriptedTokenizer.WORDS))
+    scores[11] = -(ACTION_TIEBREAK_NATS - 0.1)
+    assert picker.pick([], [1, 11], scores, draft=11) == 11  # close: the draft's action
+    scores[11] = -(ACTION_TIEBREAK_NATS + 0.1)
+    assert picker.pick([], [1, 11], scores, draft=11) == 1  # not close: the model's
+    scores[9] = 0.0
+    assert picker.pick([], [1, 9], scores, draft=9) == 1  # "base" is no action: never written
+    assert picker.pick([1, 2, 3, 4], [5, 6], torch.zeros(12), draft=6) == 5  # values are the model's alone
+    assert picker.overrides == []
 
 
 def test_picker_takes_the_best_valid_token_and_notes_the_override(spans):
@@ -239,7 +253,8 @@ REQUESTS = [
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_qwen2_dir", "tiny_gpt2_dir"])
 def test_constrained_drafted_decoding_equals_constrained_generate(request, spans, fixture):
     """The draft-and-verify path under the grammar gives what transformers' generate gives with
-    the same grammar as a logits processor: the constrained greedy output, whatever the draft.
+    the same grammar as a logits processor: the constrained greedy output, whatever the draft,
+    once drafts may not break close calls between actions.
     Random tiny models ramble, so the grammar is doing all the work here."""
     path = request.getfixturevalue(fixture)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -249,7 +264,15 @@ def test_constrained_drafted_decoding_equals_constrained_generate(request, spans
     grammars = request_grammars(REQUESTS, spans)
     drafts = ["swap; token1=USDC; token2=eth; amount=2.5k", "", "balance", "none"]
     drafted = generate(
-        model, tokenizer, REQUESTS, is_seq2seq=False, max_new_tokens=40, drafts=drafts, grammars=grammars, batch_size=3
+        model,
+        tokenizer,
+        REQUESTS,
+        is_seq2seq=False,
+        max_new_tokens=40,
+        drafts=drafts,
+        grammars=grammars,
+        batch_size=3,
+        action_tiebreak=0.0,
     )
     prompts = [encode_prompt(tokenizer, text, False) for text in REQUESTS]
     pickers = [ConstrainedPicker(tokenizer, g, tokenizer.eos_token_id) for g in grammars]

@@ -30,11 +30,12 @@ from brianft.schema import ALLOWED_FIELDS, FIELDS, Action
 from brianft.target import FIELD_SEPARATOR, NO_INTENT, SLOT_FIELDS, SLOT_SEPARATOR, TargetFormat
 
 TOP_K = 32
-# How much less likely (in nats) than the model's choice a draft's action may be and still be
-# written. On requests whose sentence structure training never saw, the model's wrong action
-# was mostly a close second to the right one, and the rule-based draft named the right one
-# ("lend" -> deposit, "weth -> eth" -> unwrap). Chosen on the validation split (docs/BENCHMARKS.md).
-ACTION_TIEBREAK_NATS = 2.0
+# How much less likely (in nats) than the model's choice a draft's action or field name may be
+# and still be written. On requests whose sentence structure training never saw, the model's
+# wrong action or field was mostly a close second to the right one, and the rule-based draft
+# named the right one ("lend" -> deposit, "weth -> eth" -> unwrap, "over to scroll" ->
+# dest_chain). Values stay the model's. Chosen on the validation split (docs/BENCHMARKS.md).
+NAME_TIEBREAK_NATS = 2.0
 MAX_VALUE_WORDS = 6
 _ACTIONS = tuple(a.value for a in Action)
 _FIELD_ORDER = {name: index for index, name in enumerate(FIELDS)}
@@ -223,10 +224,13 @@ def _known_names(candidates: list[_Candidate], spans: SpanFinder) -> list[tuple[
     return [(c.start, c.end) for c in candidates if " " in c.text and spans.is_registry_name(c.text)]
 
 
-def _in_action(text: str) -> bool:
-    """Whether `text` ends inside a line's action name (or the start of an output)."""
+def _in_name(text: str) -> bool:
+    """Whether `text` ends inside a line's action name (or at the start of an output), or inside
+    a field name: where the output says what a value is, not what it is."""
     line = text.rsplit("\n", 1)[-1].lstrip()
-    return not any(mark in line for mark in (";", "=", SLOT_SEPARATOR, " "))
+    if not any(mark in line for mark in (";", "=", SLOT_SEPARATOR, " ")):
+        return True
+    return FIELD_SEPARATOR.strip() in line and "=" not in line.rsplit(FIELD_SEPARATOR.strip(), 1)[-1]
 
 
 def _introduces_token(word: str, spans: SpanFinder) -> bool:
@@ -241,7 +245,7 @@ class ConstrainedPicker:
     tokenizer: object
     grammar: OutputGrammar
     eos_id: int
-    action_tiebreak: float = ACTION_TIEBREAK_NATS  # 0: a draft never overrides the model
+    name_tiebreak: float = NAME_TIEBREAK_NATS  # 0: a draft never overrides the model
     overrides: list[str] = field(default_factory=list)  # where the model's own choice was refused
     gave_up: bool = False  # no candidate fitted: decoding went on unconstrained
 
@@ -250,8 +254,8 @@ class ConstrainedPicker:
     def pick(self, generated: list[int], candidates: list[int], scores=None, draft: int | None = None) -> int:
         """The first of `candidates` (the model's best tokens, best first) that keeps the output
         valid; else, when the logits `scores` are given, the best-scored token that does among
-        those the output can be made of. Inside an action name, a `draft` token (the rule-based
-        guess) at most `action_tiebreak` nats less likely than that choice is taken instead."""
+        those the output can be made of. Inside an action or field name, a `draft` token (the
+        rule-based guess) at most `name_tiebreak` nats less likely than that choice is taken instead."""
         if self.gave_up:
             return candidates[0]
         text = self._text(generated)
@@ -272,9 +276,9 @@ class ConstrainedPicker:
         return candidates[0]
 
     def _tiebreak(self, text: str, generated: list[int], choice: int, draft: int | None, scores) -> int:
-        if draft is None or draft == choice or scores is None or self.action_tiebreak <= 0 or not _in_action(text):
+        if draft is None or draft == choice or scores is None or self.name_tiebreak <= 0 or not _in_name(text):
             return choice
-        close = float(scores[choice]) - float(scores[draft]) <= self.action_tiebreak
+        close = float(scores[choice]) - float(scores[draft]) <= self.name_tiebreak
         return draft if close and self._fits(text, generated, draft) else choice
 
     def _fits(self, text: str, generated: list[int], token: int) -> bool:

@@ -298,7 +298,7 @@ def _model_backend(
 ) -> tuple[Backend, str]:
     """The backend, and how it runs the model (for people and /v1/info). `fmt`: the target
     format the model was trained to write."""
-    from brianft.constrain import ACTION_TIEBREAK_NATS, request_grammars
+    from brianft.constrain import NAME_TIEBREAK_NATS, request_grammars
     from brianft.infer import generate, prepare_for_inference
     from brianft.rules import RulesExtractor
 
@@ -320,7 +320,7 @@ def _model_backend(
             drafts=rule_drafts(rules, requests, fmt) if rules else None,
             grammars=request_grammars(requests, spans, fmt) if spans else None,
             few_shot=few_shot,
-            action_tiebreak=0.0 if few_shot else ACTION_TIEBREAK_NATS,  # the zero-shot baseline is the model's alone
+            name_tiebreak=0.0 if few_shot else NAME_TIEBREAK_NATS,  # the zero-shot baseline is the model's alone
         )
 
     return backend, inference

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from brianft.constrain import ACTION_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
+from brianft.constrain import NAME_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
 from brianft.drafting import draft_verify_generate
 from brianft.normalize import Canonicalizer
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
@@ -66,14 +66,14 @@ def generate(
     drafts: Sequence[str] | None = None,
     grammars: Sequence[OutputGrammar] | None = None,
     few_shot: bool = False,
-    action_tiebreak: float = ACTION_TIEBREAK_NATS,
+    name_tiebreak: float = NAME_TIEBREAK_NATS,
 ) -> list[Generated]:
     """Greedy generation, batched, in the order of `requests`.
 
     `drafts` (one guess of the output text per request, e.g. the rule-based extractor's) only
     make decoder-only models faster: see `brianft.drafting`; the text is the model's either way.
     `grammars` (one per request) constrain the output to valid intents with values from the
-    request (`brianft.constrain`); under them, a drafted action at most `action_tiebreak` nats less
+    request (`brianft.constrain`); under them, a drafted action or field name at most `name_tiebreak` nats less
     likely than the model's choice is written instead (0: the output is the model's, whatever the draft).
     `few_shot` prompts with worked examples instead of the fine-tuning prompt (zero-shot baseline).
     A peft model's LoRA weights are merged into the base for the duration: one matmul per
@@ -83,9 +83,7 @@ def generate(
         if given is not None and len(given) != len(requests):
             raise ValueError(f"{len(given)} {name} for {len(requests)} requests")
     pickers = (
-        [ConstrainedPicker(tokenizer, g, tokenizer.eos_token_id, action_tiebreak) for g in grammars]
-        if grammars
-        else None
+        [ConstrainedPicker(tokenizer, g, tokenizer.eos_token_id, name_tiebreak) for g in grammars] if grammars else None
     )
     was_training = model.training
     model.eval()

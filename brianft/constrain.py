@@ -91,6 +91,8 @@ class OutputGrammar:
                     continue
                 if name.endswith("chain") and spans.is_known_token(text) and _introduces_token(candidate.before, spans):
                     continue  # "eth" is a chain in "on eth", a token in "half my eth" or "1 eth"
+                if name.startswith("token") and candidate.before == "on" and _is_known_chain(text, spans):
+                    continue  # ... and "on avalanche" names the chain, not the token
                 allowed.setdefault(text, canonical)
             values[name] = allowed
         return cls(values, fmt)
@@ -231,6 +233,11 @@ def _in_name(text: str) -> bool:
     if not any(mark in line for mark in (";", "=", SLOT_SEPARATOR, " ")):
         return True
     return FIELD_SEPARATOR.strip() in line and "=" not in line.rsplit(FIELD_SEPARATOR.strip(), 1)[-1]
+
+
+def _is_known_chain(text: str, spans: SpanFinder) -> bool:
+    canonical = spans.canonical("chain", text)
+    return canonical is not None and spans.is_known("chain", canonical)
 
 
 def _introduces_token(word: str, spans: SpanFinder) -> bool:

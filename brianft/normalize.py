@@ -281,7 +281,8 @@ class Registry:
 _TICKER = re.compile(r"^[A-Z0-9][A-Z0-9.+_-]{0,19}$")
 _NOT_TOKENS = frozenset(
     {"it", "them", "that", "this", "those", "these", "token", "tokens", "coin", "coins", "crypto",
-     "money", "funds", "all", "my", "some", "none", "null", "na", "n/a"}
+     "money", "funds", "all", "my", "some", "none", "null", "na", "n/a", "holdings", "assets", "portfolio",
+     "wallet", "balance", "balances"}
 )  # fmt: skip
 _CHAIN_TEXT = re.compile(r"^[a-z0-9][a-z0-9 ._-]*$")
 _CHAIN_NOISE_WORDS = ("the", "chain", "network", "mainnet", "blockchain")

@@ -146,6 +146,9 @@ def test_values_are_copied_exactly_and_whole(spans):
         # a swap's token2 is not its token1
         ("sell 0.01 wbtc", "swap; token1=wbtc; token2=wbtc"),
         ("sell 0.01 wbtc", "swap; token1=wbtc; t"),
+        # a name that is a token and a chain, right after "on", is the chain; "holdings" is no ticker
+        ("pls what are my holdings on avalanche", "balance; token1=avalanche"),
+        ("pls what are my holdings on avalanche", "balance; token1=holdings"),
         # a name that is a token and a chain, after an amount written in words, is the token
         ("put twenty ETH to work in staking", "stake; token1=ETH; amount=twenty; chain=E"),
     ],
@@ -158,6 +161,7 @@ def test_refusals_leave_the_right_reading(spans):
     assert grammar("stake 5 on rocket pool", spans).allows_end("stake; amount=5; protocol=rocket pool")
     assert grammar("swap 1 weth for eth", spans).allows_end("swap; token1=weth; token2=eth; amount=1")
     assert grammar("on eth, stake 2 eth", spans).allows_end("stake; token1=eth; amount=2; chain=eth")
+    assert grammar("pls what are my holdings on avalanche", spans).allows_end("balance; chain=avalanche")
 
 
 class ScriptedTokenizer:

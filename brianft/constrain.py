@@ -22,6 +22,7 @@ candidates greedy decoding looks at (the model's top `TOP_K`), not on the whole 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -184,11 +185,14 @@ class OutputGrammar:
             return True
         return False if any(a.startswith(action) for a in _ACTIONS) else None
 
-    def _options(self, name: str, written: dict[str, str]) -> list[str]:
+    def _options(self, name: str, written: dict[str, str]) -> Collection[str]:
         """The values `name` may take after the fields `written` (canonical values): a swap's
         token2 is not its token1 ("sell 0.01 wbtc" has no token2)."""
+        allowed = self.values[name]
         taken = written.get("token1") if name == "token2" else None
-        return [text for text, canonical in self.values[name].items() if canonical != taken]
+        if taken is None:
+            return allowed  # the common case, on every check of every token: no copy
+        return [text for text, canonical in allowed.items() if canonical != taken]
 
     def _value(self, name: str, value: str, written: dict[str, str]) -> bool | None:
         options = self._options(name, written)

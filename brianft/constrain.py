@@ -40,11 +40,11 @@ NAME_TIEBREAK_NATS = 2.0
 MAX_VALUE_WORDS = 6
 _ACTIONS = tuple(a.value for a in Action)
 _FIELD_ORDER = {name: index for index, name in enumerate(FIELDS)}
-_KNOWN_ONLY = ("chain", "dest_chain", "protocol")
 # Fields whose values are read exactly like an earlier field's (FIELDS order): built once.
 _SAME_VALUES = {"token2": "token1", "amount_out": "amount", "dest_chain": "chain"}
-# A value starts and ends at a word's edge, or where a number meets the word glued to it ("49ether").
-_PIECE = re.compile(r"\d[\d.,]*(?=[^\W\d_])|\S+")
+# A value starts and ends at a word's edge, or where a number meets the word glued to it ("49ether"),
+# but never inside a hex address: the "0" of "0xd88e..." is no amount.
+_PIECE = re.compile(r"(?!0[xX][0-9a-fA-F])\d[\d.,]*(?=[^\W\d_])|\S+")
 # Words after which a name that is both a token and a chain ("eth", "matic") is the token.
 _TOKEN_CUES = frozenset({"my", "of", "for", "plain", "the", "some", "your", "our", "all", "more", "much"})
 
@@ -61,7 +61,7 @@ class OutputGrammar:
     def for_request(cls, request: str, spans: SpanFinder, fmt: TargetFormat = "fields") -> OutputGrammar:
         from brianft.rules import NOT_TOKEN_WORDS  # here: the rules module imports the decoder
 
-        candidates = _value_candidates(request)
+        candidates = [c for c in _value_candidates(request) if not _splits_an_amount(request, c, spans)]
         names = _known_names(candidates, spans)
         values: dict[str, dict[str, str]] = {}
         for name in FIELDS:
@@ -71,10 +71,8 @@ class OutputGrammar:
             allowed: dict[str, str] = {}
             for candidate in candidates:
                 text = candidate.text
-                canonical = spans.canonical(name, text)
+                canonical = spans.known_canonical(name, text)  # chains and protocols: only known ones
                 if canonical is None:
-                    continue
-                if name in _KNOWN_ONLY and not spans.is_known(name, canonical):
                     continue
                 # an unknown ticker is one word, not an amount ("10", "half"), not a word that frames
                 # values, not an address or ENS name, not a word of a known name ("rocket" of "rocket pool")
@@ -92,7 +90,7 @@ class OutputGrammar:
                     continue
                 if name.endswith("chain") and spans.is_known_token(text) and _introduces_token(candidate.before, spans):
                     continue  # "eth" is a chain in "on eth", a token in "half my eth" or "1 eth"
-                if name.startswith("token") and candidate.before == "on" and _is_known_chain(text, spans):
+                if name.startswith("token") and candidate.before == "on" and spans.known_canonical("chain", text):
                     continue  # ... and "on avalanche" names the chain, not the token
                 allowed.setdefault(text, canonical)
             values[name] = allowed
@@ -224,6 +222,18 @@ def _value_candidates(request: str) -> list[_Candidate]:
     return out
 
 
+def _splits_an_amount(request: str, candidate: _Candidate, spans: SpanFinder) -> bool:
+    """Whether `candidate` starts or ends where a number meets the letters glued to it, inside a
+    word that is itself an amount: "15" and "k" of "15k" are no values ("49" of "49ether" is)."""
+    for cut in (candidate.start, candidate.end):
+        if 0 < cut < len(request) and request[cut - 1].isdigit() and request[cut].isalpha():
+            start = request.rfind(" ", 0, cut) + 1
+            end = next((i for i in range(cut, len(request)) if request[i].isspace()), len(request))
+            if spans.canonical("amount", request[start:end].strip(".,!?;:")) is not None:
+                return True
+    return False
+
+
 def _known_names(candidates: list[_Candidate], spans: SpanFinder) -> list[tuple[int, int]]:
     """Where the request writes, in several words, a chain or protocol name the registry lists
     ("rocket pool", "binance smart chain"): none of their words is a ticker of its own."""
@@ -237,11 +247,6 @@ def _in_name(text: str) -> bool:
     if not any(mark in line for mark in (";", "=", SLOT_SEPARATOR, " ")):
         return True
     return FIELD_SEPARATOR.strip() in line and "=" not in line.rsplit(FIELD_SEPARATOR.strip(), 1)[-1]
-
-
-def _is_known_chain(text: str, spans: SpanFinder) -> bool:
-    canonical = spans.canonical("chain", text)
-    return canonical is not None and spans.is_known("chain", canonical)
 
 
 def _introduces_token(word: str, spans: SpanFinder) -> bool:

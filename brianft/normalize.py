@@ -267,6 +267,12 @@ class Registry:
                         target[_clean_name(name)] = canonical
         return cls(tokens=tokens, chains=chains, protocols=protocols)
 
+    def lists(self, text: str, *tables: str) -> bool:
+        """Whether `text` itself, cleaned as the registry files' names are, is a name in any of
+        `tables` ("tokens", "chains", "protocols"): not merely something that canonicalises to one."""
+        name = _clean_name(text)
+        return any(name in getattr(self, table) for table in tables)
+
     @cached_property
     def chain_slugs(self) -> frozenset[str]:
         return frozenset(self.chains.values())

@@ -90,6 +90,12 @@ def test_valid_outputs_are_allowed(spans, request_text, output):
         ("deposit 1000 usdc to aave on optimism", "deposit; amount=1000; token1=usdc", "fields out of order"),
         ("send 1 eth to bob.eth", "transfer; token1=eth; amount=1; protocol=bob.eth", "a field the action lacks"),
         ("send 1 eth to bob.eth", "transfer; token1=eth; amount=2", "an amount not in the request"),
+        (
+            "increase the DAI allowance for 0xd88e5847f3c338139ea90005aa1f845293f57068 to 15k",
+            "approve; token1=DAI; amount=0; address=0xd88e5847f3c338139ea90005aa1f845293f57068",
+            "the 0 of an address as amount",
+        ),
+        ("swap 15k usdc for eth", "swap; token1=usdc; token2=eth; amount=15", "part of an amount"),
         ("send 1 eth to bob.eth", "none\ntransfer; token1=eth", "none with intents"),
         ("send 1 eth to bob.eth", "teleport; token1=eth", "an unknown action"),
     ],

@@ -772,6 +772,14 @@ def test_packaged_registry_matches_the_schema():
         assert registry.tokens[name] == ticker
 
 
+def test_registry_lists_the_names_it_was_given_not_what_canonicalises_to_them():
+    registry = Registry.load()
+    assert registry.lists("Rocket  Pool", "protocols")  # case and spacing as the files are read
+    assert registry.lists("USD Coin", "tokens") and not registry.lists("USD Coin", "chains", "protocols")
+    assert registry.lists("binance smart chain", "chains", "protocols")
+    assert not registry.lists("aave v3", "protocols")  # canonicalises to aave, but is no listed name
+
+
 def test_registry_extra_directory(tmp_path):
     (tmp_path / "tokens.yaml").write_text("moo deng: moodeng\nEther: WETH  # later wins\n")
     (tmp_path / "chains.yaml").write_text("base: [coinbase l2]\nHyperliquid: [hl, Hyper EVM]\n")

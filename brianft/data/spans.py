@@ -76,16 +76,19 @@ class SpanFinder:
             return self._canonicalizer.is_known_protocol(canonical)
         return True
 
+    def known_canonical(self, field: str, text: str) -> str | None:
+        """`canonical`, where the registry also knows the result (chains and protocols)."""
+        canonical = self._canonical(field, text)
+        return canonical if canonical is not None and self.is_known(field, canonical) else None
+
     def is_known_token(self, text: str) -> bool:
         """Whether the registry knows `text` as a token name ("usd coin", "eth")."""
-        return " ".join(text.lower().lstrip("$").split()) in self._canonicalizer.registry.tokens
+        return self._canonicalizer.registry.lists(text.lstrip("$"), "tokens")
 
     def is_registry_name(self, text: str) -> bool:
         """Whether the registry lists `text` itself as a chain or protocol name ("rocket pool"),
         not merely something that canonicalises to one."""
-        registry = self._canonicalizer.registry
-        name = " ".join(text.lower().split())
-        return name in registry.chains or name in registry.protocols
+        return self._canonicalizer.registry.lists(text, "chains", "protocols")
 
     def find(self, prompt: str, field: str, value: str) -> str | None:
         """The span of `prompt` that canonicalises to `value`, or None.

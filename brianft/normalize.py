@@ -274,6 +274,23 @@ class Registry:
         return any(name in getattr(self, table) for table in tables)
 
     @cached_property
+    def chain_names_by_length(self) -> dict[int, list[tuple[str, str]]]:
+        """(name, slug) of every chain name, by the name's length: misspellings are looked up
+        among names of about their own length (an edit distance is at least the difference)."""
+        by_length: dict[int, list[tuple[str, str]]] = {}
+        for name, slug in self.chains.items():
+            by_length.setdefault(len(name), []).append((name, slug))
+        return by_length
+
+    @cached_property
+    def protocols_without_spaces(self) -> dict[str, str]:
+        """Slug by every protocol name with its spaces removed ("rocketpool"); the first listed wins."""
+        squashed: dict[str, str] = {}
+        for name, slug in self.protocols.items():
+            squashed.setdefault(name.replace(" ", ""), slug)
+        return squashed
+
+    @cached_property
     def chain_slugs(self) -> frozenset[str]:
         return frozenset(self.chains.values())
 
@@ -348,10 +365,11 @@ class Canonicalizer:
         if len(text) < 4:
             return None
         limit = 1 if len(text) <= 6 else 2
+        by_length = self.registry.chain_names_by_length
         scored = [
             (DamerauLevenshtein.distance(text, name), slug)
-            for name, slug in self.registry.chains.items()
-            if len(name) >= 4
+            for length in range(max(4, len(text) - limit), len(text) + limit + 1)
+            for name, slug in by_length.get(length, ())
         ]
         best = min((d for d, _ in scored), default=limit + 1)
         slugs = {slug for d, slug in scored if d == best}
@@ -371,9 +389,8 @@ class Canonicalizer:
         for candidate in (text, squashed):
             if candidate in self.registry.protocols:
                 return self.registry.protocols[candidate]
-        for name, slug in self.registry.protocols.items():
-            if name.replace(" ", "") == squashed:
-                return slug
+        if squashed in self.registry.protocols_without_spaces:
+            return self.registry.protocols_without_spaces[squashed]
         if not re.fullmatch(r"[a-z0-9]+", squashed):
             raise NormalizationError(f"not a protocol name: {raw!r}")
         return squashed

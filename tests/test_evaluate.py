@@ -211,3 +211,19 @@ def test_write_report_without_intents(tmp_path) -> None:
     write_report(metrics, tmp_path, "empty")
     assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
     assert "No failures." in (tmp_path / "report.md").read_text()
+
+
+def test_fresh_hand_written_set_is_canonical_and_covers_every_action():
+    """benchmarks/data/fresh_requests.jsonl: requests labelled by a session that saw only the
+    schema (benchmarks/data/README.md). It must stay readable as canonical labelled data."""
+    from pathlib import Path
+
+    from brianft.data.io import read_examples
+    from brianft.normalize import Canonicalizer
+    from brianft.schema import Action
+
+    path = Path(__file__).parent.parent / "benchmarks" / "data" / "fresh_requests.jsonl"
+    examples = read_examples(path, Canonicalizer.default(), mode="validate")
+    assert len(examples) == 120
+    assert {intent.action for example in examples for intent in example.intents} == set(Action)
+    assert sum(not example.intents for example in examples) == 20  # out of scope

@@ -2,8 +2,9 @@
 
 Every variant runs in its own process (so its peak memory is its own) on the same test-split
 requests of a finished run, after one uncounted warm-up request (the batched variants: after
-one uncounted pass over their requests, so that every batch shape's kernels are planned, as
-in a server that has been running for a while):
+one uncounted pass over as many *other* test requests, so that batch shapes' kernels are
+planned, as in a server that has been running for a while, but the timed requests are new to
+it: nothing about them, such as the canonical forms of their spans, is cached yet):
 
 - naive:          the PEFT model as loaded (LoRA not merged, float32), transformers' `generate`,
                   greedy, one request at a time
@@ -83,7 +84,7 @@ def extractor_generate(run: str, dtype: str, draft: bool, constrain: bool):
     return lambda requests: [result.output or "" for result in extractor.extract_batch(requests)], extractor
 
 
-def child(variant: str, run: str, requests: list[str], batch_size: int) -> dict:
+def child(variant: str, run: str, requests: list[str], batch_size: int, warmup: list[str]) -> dict:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -98,8 +99,8 @@ def child(variant: str, run: str, requests: list[str], batch_size: int) -> dict:
     outputs, latencies = [], []
     if variant in BATCHED:
         per_call = batch_size if variant == "ours-batched" else len(requests)
-        for start in range(0, len(requests), per_call):  # steady state: every batch shape planned once
-            generate(requests[start : start + per_call])
+        for start in range(0, len(warmup), per_call):  # steady state, on other requests
+            generate(warmup[start : start + per_call])
         started = time.perf_counter()
         for start in range(0, len(requests), per_call):
             outputs += generate(requests[start : start + per_call])
@@ -130,7 +131,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         count = args.batch_requests if args.child in BATCHED else args.requests
-        result = child(args.child, args.run, test_requests(args.run, count), args.batch_size)
+        available = test_requests(args.run, 2 * count)
+        requests, warmup = available[:count], available[count:] or available[:count]
+        result = child(args.child, args.run, requests, args.batch_size, warmup)
         print("RESULT " + json.dumps(result))
         return
     results = {}

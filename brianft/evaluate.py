@@ -15,6 +15,11 @@ def actions_of(intents) -> list[str]:
     return [intent.action.value for intent in intents]
 
 
+def is_exact(example: Example, prediction: Prediction) -> bool:
+    """Whether the prediction is the example's canonical intent list, exactly."""
+    return prediction.error is None and prediction.intents == example.intents
+
+
 def score_predictions(examples: Sequence[Example], predictions: Sequence[Prediction]) -> dict[str, float]:
     """Exact match of the canonical intent lists, action-sequence accuracy, format validity."""
     if len(examples) != len(predictions):
@@ -22,7 +27,7 @@ def score_predictions(examples: Sequence[Example], predictions: Sequence[Predict
     n = len(examples)
     if n == 0:
         return {"examples": 0, "exact_match": 0.0, "action_accuracy": 0.0, "format_validity": 0.0}
-    exact = sum(p.error is None and p.intents == e.intents for e, p in zip(examples, predictions, strict=True))
+    exact = sum(is_exact(e, p) for e, p in zip(examples, predictions, strict=True))
     actions = sum(
         p.error is None and actions_of(p.intents) == actions_of(e.intents)
         for e, p in zip(examples, predictions, strict=True)
@@ -114,7 +119,7 @@ def detailed_metrics(
     failures = []
     for example, prediction in zip(examples, predictions, strict=True):
         got = [] if prediction.error is not None else prediction.intents
-        exact = prediction.error is None and got == example.intents
+        exact = is_exact(example, prediction)
         expected_slots, predicted_slots = _slots(example.intents), _slots(got)
         for name in FIELDS:
             counts = slot_counts[name]
@@ -143,14 +148,7 @@ def detailed_metrics(
             )
             confusion[pair] = confusion.get(pair, 0) + 1
         if not exact:
-            failures.append(
-                {
-                    "prompt": example.prompt,
-                    "expected": [i.to_dict() for i in example.intents],
-                    "got": None if prediction.error is not None else [i.to_dict() for i in got],
-                    "error": prediction.error,
-                }
-            )
+            failures.append(failure_record(example, prediction))
     total = [sum(c[k] for c in slot_counts.values()) for k in range(3)]
     metrics: dict = {
         **scores,
@@ -184,6 +182,28 @@ def detailed_metrics(
             else {"p50_s": None, "p95_s": None, "mean_s": None, "max_s": None}
         )
     return metrics
+
+
+def failure_record(example: Example, prediction: Prediction) -> dict:
+    """A request the prediction got wrong: prompt, expected and got intents, error."""
+    return {
+        "prompt": example.prompt,
+        "expected": [i.to_dict() for i in example.intents],
+        "got": None if prediction.error is not None else [i.to_dict() for i in prediction.intents],
+        "error": prediction.error,
+    }
+
+
+def failures_table(failures: Sequence[dict]) -> str:
+    """`failure_record`s as a markdown table (request, expected, got), or "No failures."."""
+    if not failures:
+        return "No failures."
+    lines = ["| request | expected | got |", "|---|---|---|"]
+    for failure in failures:
+        got = failure["error"] if failure["error"] is not None else json.dumps(failure["got"])
+        expected = json.dumps(failure["expected"])
+        lines.append(f"| {_escape(failure['prompt'])} | `{_escape(expected)}` | `{_escape(got)}` |")
+    return "\n".join(lines)
 
 
 def _confusion_table(counts: dict[tuple[str, str], int]) -> dict:
@@ -293,15 +313,7 @@ def _report_markdown(metrics: dict, title: str, failure_limit: int) -> str:
         parts += ["\n".join(lines), "\n![confusion matrix](confusion_matrix.png)"]
     failures = metrics.get("failures", [])
     parts.append(f"\n## Failures ({len(failures)}, first {min(len(failures), failure_limit)} shown)\n")
-    if failures:
-        lines = ["| request | expected | got |", "|---|---|---|"]
-        for failure in failures[:failure_limit]:
-            got = failure["error"] if failure["error"] is not None else json.dumps(failure["got"])
-            expected = json.dumps(failure["expected"])
-            lines.append(f"| {_escape(failure['prompt'])} | `{_escape(expected)}` | `{_escape(got)}` |")
-        parts.append("\n".join(lines))
-    else:
-        parts.append("No failures.")
+    parts.append(failures_table(failures[:failure_limit]))
     return "\n".join(parts) + "\n"
 
 

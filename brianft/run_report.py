@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from brianft import __version__
-from brianft.evaluate import score_predictions
+from brianft.evaluate import failure_record, failures_table, is_exact, score_predictions
 from brianft.schema import SCHEMA_VERSION, Example
 
 # Requests shown live at the end of a run (not part of any split's metrics).
@@ -67,22 +67,6 @@ def _scores_table(rows: list[tuple[str, dict]]) -> str:
         scores = " | ".join(f"{s[k]:.3f}" for k in ("exact_match", "action_accuracy", "format_validity"))
         lines.append(f"| {name} | {s['examples']} | {scores} |")
     return "\n".join(lines)
-
-
-def failures_markdown(examples: list[Example], predictions, limit: int = 50) -> str:
-    lines = ["| request | expected | got |", "|---|---|---|"]
-    shown = 0
-    for example, prediction in zip(examples, predictions, strict=True):
-        if prediction.error is None and prediction.intents == example.intents:
-            continue
-        expected = json.dumps([i.to_dict() for i in example.intents])
-        got = prediction.error or json.dumps([i.to_dict() for i in prediction.intents])
-        cell = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        lines.append(f"| {cell(example.prompt)} | `{cell(expected)}` | `{cell(got)}` |")
-        shown += 1
-        if shown >= limit:
-            break
-    return "\n".join(lines) if shown else "No failures."
 
 
 def _cells(scores: dict) -> str:
@@ -169,7 +153,8 @@ def finish_run(
             by_source[source] = score_predictions([e for e, _ in pairs], [p for _, p in pairs])
         metrics["test_by_source"] = by_source
         report.append(_scores_table([("all", scores), *by_source.items()]))
-        report.append("\n## Failures (first 50)\n\n" + failures_markdown(splits.test, predictions))
+        failures = [failure_record(e, p) for e, p in zip(splits.test, predictions, strict=True) if not is_exact(e, p)]
+        report.append("\n## Failures (first 50)\n\n" + failures_table(failures[:50]))
         (output_dir / "test_predictions.jsonl").write_text(
             "".join(
                 json.dumps(

@@ -227,3 +227,19 @@ def test_fresh_hand_written_set_is_canonical_and_covers_every_action():
     assert len(examples) == 120
     assert {intent.action for example in examples for intent in example.intents} == set(Action)
     assert sum(not example.intents for example in examples) == 20  # out of scope
+
+
+def test_failures_table_escapes_cells_and_shows_the_error_or_the_intents() -> None:
+    from brianft.evaluate import failure_record, failures_table, is_exact
+
+    wrong = Example(prompt="swap 1 eth | usdc", intents=[SWAP])
+    broken = Example(prompt="send 5 dai\nto bob.eth", intents=[TRANSFER])
+    predictions = [_ok(SWAP_DAI), Prediction(text="?", error="malformed output")]
+    assert not any(is_exact(e, p) for e, p in zip([wrong, broken], predictions, strict=True))
+    assert is_exact(wrong, _ok(SWAP))
+    table = failures_table([failure_record(e, p) for e, p in zip([wrong, broken], predictions, strict=True)])
+    header, rule, first, second = table.split("\n")
+    assert header == "| request | expected | got |" and rule == "|---|---|---|"
+    assert first.startswith("| swap 1 eth \\| usdc | `") and '"token1": "DAI"' in first
+    assert second.startswith("| send 5 dai to bob.eth | `") and second.endswith("| `malformed output` |")
+    assert failures_table([]) == "No failures."

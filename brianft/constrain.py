@@ -61,7 +61,8 @@ class OutputGrammar:
     def for_request(cls, request: str, spans: SpanFinder, fmt: TargetFormat = "fields") -> OutputGrammar:
         from brianft.rules import NOT_TOKEN_WORDS  # here: the rules module imports the decoder
 
-        candidates = [c for c in _value_candidates(request) if not _splits_an_amount(request, c, spans)]
+        cuts = _amount_word_cuts(request, spans)
+        candidates = [c for c in _value_candidates(request) if c.start not in cuts and c.end not in cuts]
         names = _known_names(candidates, spans)
         values: dict[str, dict[str, str]] = {}
         for name in FIELDS:
@@ -222,16 +223,15 @@ def _value_candidates(request: str) -> list[_Candidate]:
     return out
 
 
-def _splits_an_amount(request: str, candidate: _Candidate, spans: SpanFinder) -> bool:
-    """Whether `candidate` starts or ends where a number meets the letters glued to it, inside a
-    word that is itself an amount: "15" and "k" of "15k" are no values ("49" of "49ether" is)."""
-    for cut in (candidate.start, candidate.end):
-        if 0 < cut < len(request) and request[cut - 1].isdigit() and request[cut].isalpha():
-            start = request.rfind(" ", 0, cut) + 1
-            end = next((i for i in range(cut, len(request)) if request[i].isspace()), len(request))
-            if spans.canonical("amount", request[start:end].strip(".,!?;:")) is not None:
-                return True
-    return False
+def _amount_word_cuts(request: str, spans: SpanFinder) -> set[int]:
+    """Where a number meets the letters glued to it inside a word that is itself an amount
+    ("15|k"): no value starts or ends there. ("49|ether" is no amount: "49" is a value.)"""
+    cuts: set[int] = set()
+    for start, end in word_spans(request):
+        inner = [i for i in range(start + 1, end) if request[i - 1].isdigit() and request[i].isalpha()]
+        if inner and spans.canonical("amount", request[start:end]) is not None:
+            cuts.update(inner)
+    return cuts
 
 
 def _known_names(candidates: list[_Candidate], spans: SpanFinder) -> list[tuple[int, int]]:

@@ -4,7 +4,8 @@ Every variant runs in its own process (so its peak memory is its own) on the sam
 requests of a finished run, after one uncounted warm-up request (the batched variants: after
 one uncounted pass over as many *other* test requests, so that batch shapes' kernels are
 planned, as in a server that has been running for a while, but the timed requests are new to
-it: nothing about them, such as the canonical forms of their spans, is cached yet):
+it: nothing about them, such as the canonical forms of their spans, is cached yet; a test split
+too small to hold other requests warms up on the timed ones):
 
 - naive:          the PEFT model as loaded (LoRA not merged, float32), transformers' `generate`,
                   greedy, one request at a time
@@ -131,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         count = args.batch_requests if args.child in BATCHED else args.requests
-        available = test_requests(args.run, 2 * count)
+        available = test_requests(args.run, 2 * count if args.child in BATCHED else count)
         requests, warmup = available[:count], available[count:] or available[:count]
         result = child(args.child, args.run, requests, args.batch_size, warmup)
         print("RESULT " + json.dumps(result))

@@ -100,6 +100,9 @@ class ServeConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535, description="0: any free port")
     max_batch_size: int = Field(16, ge=1, le=1024, description="most prompts extracted together in one model call")
     max_wait_ms: float = Field(10.0, ge=0, le=1000, description="how long an idle server waits for a batch to fill")
+    continuous_batching: bool = Field(
+        True, description="prompts join the running batch between forward passes (decoder-only models)"
+    )
     max_prompts_per_request: int = Field(64, ge=1, le=10_000, description="most prompts in one batch request")
     max_queued_prompts: int = Field(
         1024, ge=1, le=1_000_000, description="prompts waiting for the model; more are refused with 503 (overload)"

@@ -32,7 +32,7 @@ RESYNC_LOOKAHEAD = 8
 
 
 @dataclass
-class _Row:
+class Row:
     pending: list[int]  # tokens the cache has not seen yet: the prompt, then the last generated token
     draft: list[int]
     redraft: Callable[[list[int]], list[int]] | None = None  # a fresh guess of what follows `generated`
@@ -47,12 +47,11 @@ class _Row:
 class _Batch:
     """Rows decoded together: their KV cache and attention mask (one row each, same width)."""
 
-    rows: list[_Row]
+    rows: list[Row]
     cache: DynamicCache
     mask: torch.Tensor
 
 
-@torch.inference_mode()
 def draft_verify_generate(
     body: torch.nn.Module,
     head: torch.nn.Module,
@@ -84,32 +83,87 @@ def draft_verify_generate(
     `body` is the decoder stack (hidden states out), `head` the output projection: logits are
     computed only where a token is chosen, never over the prompt.
     """
-    device = next(body.parameters()).device
     redrafts = redrafts if redrafts is not None else [None] * len(prompts)
     pickers = pickers if pickers is not None else [None] * len(prompts)
     rows = [
-        _Row(pending=list(prompt), draft=list(draft), redraft=redraft, picker=picker)
+        Row(pending=list(prompt), draft=list(draft), redraft=redraft, picker=picker)
         for prompt, draft, redraft, picker in zip(prompts, drafts, redrafts, pickers, strict=True)
     ]
-    top_k = TOP_K if any(pickers) else 1
-
-    def advance(batch: _Batch) -> None:
-        _step(body, head, batch, top_k=top_k, eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens)
-
-    max_rows = max_rows or len(prompts)
-    pool: _Batch | None = None
+    decoder = DraftVerifyDecoder(
+        body,
+        head,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        max_rows=max_rows or len(prompts),
+    )
     for indices in batches if batches is not None else [list(range(len(prompts)))]:
-        batch = _start(body, [rows[i] for i in indices], device)
-        advance(batch)
-        while pool is not None and pool.rows and len(pool.rows) + len(batch.rows) > max_rows:
-            advance(pool)
-        pool = _merge(pool, batch)
-    while pool is not None and pool.rows:
-        advance(pool)
+        decoder.start([rows[i] for i in indices])
+    decoder.finish()
     return [row.generated for row in rows]
 
 
-def _start(body: torch.nn.Module, rows: list[_Row], device) -> _Batch:
+class DraftVerifyDecoder:
+    """The state of draft-and-verify decoding between passes: the pool of unfinished rows.
+
+    `start` admits a batch of new rows with one pass over their prompts and whole drafts; the
+    rows it leaves unfinished join the pool, which `advance` moves on by one pass. Rows may keep
+    arriving while earlier ones decode (continuous batching: the server), and a row's result is
+    final once `row.done`. The pool is advanced first whenever admitting a batch's leftovers would
+    make it wider than `max_rows`.
+    """
+
+    def __init__(
+        self,
+        body: torch.nn.Module,
+        head: torch.nn.Module,
+        *,
+        eos_id: int,
+        pad_id: int,
+        max_new_tokens: int,
+        max_rows: int,
+    ) -> None:
+        self.body, self.head = body, head
+        self.eos_id, self.pad_id, self.max_new_tokens, self.max_rows = eos_id, pad_id, max_new_tokens, max_rows
+        self.device = next(body.parameters()).device
+        self.pool: _Batch | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.pool is not None and bool(self.pool.rows)
+
+    @torch.inference_mode()
+    def start(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        batch = _start(self.body, rows, self.device)
+        self._step(batch)
+        while self.busy and len(self.pool.rows) + len(batch.rows) > self.max_rows:
+            self.advance()
+        self.pool = _merge(self.pool, batch)
+
+    @torch.inference_mode()
+    def advance(self) -> None:
+        if self.busy:
+            self._step(self.pool)
+
+    def finish(self) -> None:
+        while self.busy:
+            self.advance()
+
+    def _step(self, batch: _Batch) -> None:
+        _step(
+            self.body,
+            self.head,
+            batch,
+            top_k=TOP_K if any(row.picker for row in batch.rows) else 1,  # a picker may refuse the best
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+
+def _start(body: torch.nn.Module, rows: list[Row], device) -> _Batch:
     """A batch of fresh rows (`pending` = the whole prompt), with the prefix their prompts share
     already in its cache."""
     prompts = [row.pending for row in rows]
@@ -197,7 +251,7 @@ def _choices(head: torch.nn.Module, hidden: torch.Tensor, counts: list[int], k: 
     return out
 
 
-def _propose(row: _Row) -> list[int]:
+def _propose(row: Row) -> list[int]:
     """The draft tokens to verify next: the whole draft at first, then a resynchronised piece of
     it, else the row's redraft."""
     if not row.generated:
@@ -216,7 +270,7 @@ def _propose(row: _Row) -> list[int]:
     return row.redraft(row.generated)[:RESYNC_LOOKAHEAD] if row.redraft else []
 
 
-def _feed(active: list[_Row], proposals: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+def _feed(active: list[Row], proposals: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
     """Right-aligned (left-padded) input ids, their attention mask and per-row position ids."""
     batch = collate_for_generation([row.pending + p for row, p in zip(active, proposals, strict=True)], pad_id)
     mask = batch["attention_mask"]
@@ -225,7 +279,7 @@ def _feed(active: list[_Row], proposals: list[list[int]], pad_id: int, device) -
     return batch["input_ids"].to(device), mask.to(device), positions.to(device)
 
 
-def _accept(row: _Row, proposal: list[int], choices: _Choices, eos_id: int, max_new_tokens: int) -> int:
+def _accept(row: Row, proposal: list[int], choices: _Choices, eos_id: int, max_new_tokens: int) -> int:
     """Keep the agreed prefix of `proposal` and the model's next token; return how many fed
     draft tokens were rejected (their cache entries must be masked out)."""
 

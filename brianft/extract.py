@@ -206,8 +206,8 @@ class Extractor:
         results: list[ExtractionResult | None] = [None] * len(texts)
         accepted: list[int] = []
         for index, text in enumerate(texts):
-            if (problem := self.refusal(text)) is not None:
-                results[index] = ExtractionResult(prompt=text, error=problem)
+            if (refused := self.refused(text)) is not None:
+                results[index] = refused
             else:
                 accepted.append(index)
         if accepted:
@@ -220,6 +220,11 @@ class Extractor:
                 else:
                     results[index] = self.decode(texts[index], output)
         return results  # type: ignore[return-value]
+
+    def refused(self, text: Any) -> ExtractionResult | None:
+        """The error result of a request refused before any model call, or None."""
+        problem = self.refusal(text)
+        return None if problem is None else ExtractionResult(prompt=text, error=problem)
 
     def refusal(self, text: Any) -> str | None:
         """Why a request is refused before any model call, or None."""
@@ -234,6 +239,14 @@ class Extractor:
         if len(text) > self.max_prompt_chars:
             return f"the request is {len(text)} characters long; the limit is {self.max_prompt_chars}"
         return None
+
+    def stream(self, max_rows: int | None = None) -> ExtractionStream | None:
+        """Continuous batching (the server): requests join while earlier ones are still being
+        decoded, and each is answered as soon as it is done. None where the backend cannot do
+        that (the rules, an encoder-decoder model): call `extract_batch` then."""
+        start = getattr(self.backend, "stream", None)
+        generation = start(max_rows or self.batch_size, self.max_new_tokens) if start else None
+        return ExtractionStream(self, generation) if generation is not None else None
 
     def decode(self, prompt: str, output: Any, notes: Sequence[str] = ()) -> ExtractionResult:
         """Parse, canonicalise and ground the backend's raw output for `prompt`. `notes`: where
@@ -295,11 +308,10 @@ def _model_backend(
     constrain: bool,
     few_shot: bool = False,
     fmt: TargetFormat = "fields",
-) -> tuple[Backend, str]:
+) -> tuple[ModelBackend, str]:
     """The backend, and how it runs the model (for people and /v1/info). `fmt`: the target
     format the model was trained to write."""
-    from brianft.constrain import NAME_TIEBREAK_NATS, request_grammars
-    from brianft.infer import generate, prepare_for_inference
+    from brianft.infer import prepare_for_inference
     from brianft.rules import RulesExtractor
 
     model = prepare_for_inference(loaded.model, dtype)
@@ -308,22 +320,53 @@ def _model_backend(
     weights = str(next(model.parameters()).dtype).removeprefix("torch.")
     inference = f"inference: merged {weights} weights, " + ("rule drafts verified" if draft else "no drafts")
     inference += ", output constrained to the request" if constrain else ", unconstrained output"
+    backend = ModelBackend(model, loaded.tokenizer, loaded.is_seq2seq, rules, spans, few_shot, fmt)
+    return backend, inference
 
-    def backend(requests: list[str], batch_size: int, max_new_tokens: int) -> list[Generated]:
+
+@dataclass(frozen=True)
+class ModelBackend:
+    """A model as a `Backend`, with what each request's generation needs: the rules' draft of its
+    output, the grammar of its valid outputs, the prompt style."""
+
+    model: Any
+    tokenizer: Any
+    is_seq2seq: bool
+    rules: Any  # RulesExtractor, or None: no drafts
+    spans: SpanFinder | None  # None: unconstrained output
+    few_shot: bool
+    fmt: TargetFormat
+
+    def __call__(self, requests: list[str], batch_size: int, max_new_tokens: int) -> list[Generated]:
+        from brianft.infer import generate
+
         return generate(
-            model,
-            loaded.tokenizer,
+            self.model,
+            self.tokenizer,
             requests,
-            is_seq2seq=loaded.is_seq2seq,
+            is_seq2seq=self.is_seq2seq,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
-            drafts=rule_drafts(rules, requests, fmt) if rules else None,
-            grammars=request_grammars(requests, spans, fmt) if spans else None,
-            few_shot=few_shot,
-            name_tiebreak=0.0 if few_shot else NAME_TIEBREAK_NATS,  # the zero-shot baseline is the model's alone
+            **self.options(requests),
         )
 
-    return backend, inference
+    def options(self, requests: list[str]) -> dict[str, Any]:
+        from brianft.constrain import NAME_TIEBREAK_NATS, request_grammars
+
+        return {
+            "drafts": rule_drafts(self.rules, requests, self.fmt) if self.rules else None,
+            "grammars": request_grammars(requests, self.spans, self.fmt) if self.spans else None,
+            "few_shot": self.few_shot,
+            "name_tiebreak": 0.0 if self.few_shot else NAME_TIEBREAK_NATS,  # zero-shot: the model's alone
+        }
+
+    def stream(self, max_rows: int, max_new_tokens: int):
+        """A `GenerationStream` over this model, or None where the model cannot stream (seq2seq)."""
+        from brianft.infer import GenerationStream
+
+        if self.is_seq2seq:
+            return None
+        return GenerationStream.for_model(self.model, self.tokenizer, max_rows, max_new_tokens)
 
 
 def rule_drafts(rules, requests: Sequence[str], fmt: TargetFormat = "fields") -> list[str]:
@@ -404,3 +447,51 @@ def evaluate_extractor(extractor: Extractor, examples: Sequence[Example]) -> dic
         predictions += [result.prediction() for result in results]
         latencies += [elapsed / len(batch)] * len(batch)
     return detailed_metrics(examples, predictions, latencies)
+
+
+@dataclass
+class ExtractionTicket:
+    """One request in an `ExtractionStream`: `result()` once `done`."""
+
+    prompt: Any
+    extractor: Extractor
+    handle: Any = None  # GenerationHandle; None: refused before reaching the model
+    refused: ExtractionResult | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.handle is None or self.handle.done
+
+    def result(self) -> ExtractionResult:
+        if self.handle is None:
+            return self.refused  # type: ignore[return-value]
+        generated = self.handle.result()
+        return self.extractor.decode(self.prompt, generated.text, notes=generated.notes)
+
+
+class ExtractionStream:
+    """`Extractor.stream()`: `add` admits requests (one forward pass over them; a request whose
+    drafted output the model confirms is done at once), `step` advances the unfinished ones by
+    one pass. The same checks as `extract_batch`: refused requests never reach the model."""
+
+    def __init__(self, extractor: Extractor, generation) -> None:
+        self.extractor, self.generation = extractor, generation
+
+    @property
+    def busy(self) -> bool:
+        return self.generation.busy
+
+    def add(self, texts: Sequence[Any]) -> list[ExtractionTicket]:
+        tickets = []
+        for text in texts:
+            tickets.append(ExtractionTicket(text, self.extractor, refused=self.extractor.refused(text)))
+        accepted = [ticket for ticket in tickets if ticket.refused is None]
+        if accepted:
+            prompts = [ticket.prompt for ticket in accepted]
+            handles = self.generation.add(prompts, **self.extractor.backend.options(prompts))
+            for ticket, handle in zip(accepted, handles, strict=True):
+                ticket.handle = handle
+        return tickets
+
+    def step(self) -> None:
+        self.generation.step()

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from brianft.constrain import NAME_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
-from brianft.drafting import draft_verify_generate
+from brianft.drafting import DraftVerifyDecoder, Row
 from brianft.normalize import Canonicalizer
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
 from brianft.schema import Intent
@@ -79,32 +79,119 @@ def generate(
     A peft model's LoRA weights are merged into the base for the duration: one matmul per
     layer instead of three is most of the cost of a small model's decoding step on a CPU.
     """
-    for name, given in (("drafts", drafts), ("grammars", grammars)):
-        if given is not None and len(given) != len(requests):
-            raise ValueError(f"{len(given)} {name} for {len(requests)} requests")
-    pickers = (
-        [ConstrainedPicker(tokenizer, g, tokenizer.eos_token_id, name_tiebreak) for g in grammars] if grammars else None
-    )
+    _check_per_request(requests, drafts=drafts, grammars=grammars)
     was_training = model.training
     model.eval()
     try:
         with merged_lora(model):
+            if not is_seq2seq and (stream := GenerationStream.for_model(model, tokenizer, batch_size, max_new_tokens)):
+                handles = stream.add(
+                    requests, drafts=drafts, grammars=grammars, few_shot=few_shot, name_tiebreak=name_tiebreak
+                )
+                stream.finish()
+                return [handle.result() for handle in handles]
+            pickers = _pickers(tokenizer, grammars, name_tiebreak)
             prompts = [encode_prompt(tokenizer, request, is_seq2seq, few_shot=few_shot) for request in requests]
-            body_and_head = None if is_seq2seq else _body_and_head(model)
-            if body_and_head is None:
-                texts = _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers)
-            else:
-                draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
-                redrafts = (
-                    [TextRedraft(tokenizer, d, r) for d, r in zip(drafts, requests, strict=True)] if drafts else None
-                )
-                texts = _draft_verify(
-                    body_and_head, tokenizer, prompts, draft_ids, redrafts, batch_size, max_new_tokens, pickers
-                )
+            texts = _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers)
+            notes = [p.overrides for p in pickers] if pickers else [[] for _ in texts]
+            return [Generated(text, list(note)) for text, note in zip(texts, notes, strict=True)]
     finally:
         model.train(was_training)
-    notes = [p.overrides for p in pickers] if pickers else [[] for _ in texts]
-    return [Generated(text, list(note)) for text, note in zip(texts, notes, strict=True)]
+
+
+def _check_per_request(requests: Sequence[str], **per_request: Sequence | None) -> None:
+    for name, given in per_request.items():
+        if given is not None and len(given) != len(requests):
+            raise ValueError(f"{len(given)} {name} for {len(requests)} requests")
+
+
+def _pickers(
+    tokenizer, grammars: Sequence[OutputGrammar] | None, name_tiebreak: float
+) -> list[ConstrainedPicker] | None:
+    if not grammars:
+        return None
+    return [ConstrainedPicker(tokenizer, grammar, tokenizer.eos_token_id, name_tiebreak) for grammar in grammars]
+
+
+@dataclass(frozen=True)
+class GenerationHandle:
+    """One request inside a `GenerationStream`: its output is final once `done`."""
+
+    row: Row
+    tokenizer: object
+
+    @property
+    def done(self) -> bool:
+        return self.row.done
+
+    def result(self) -> Generated:
+        text = self.tokenizer.decode(self.row.generated, skip_special_tokens=True).strip()
+        return Generated(text, list(self.row.picker.overrides) if self.row.picker else [])
+
+
+class GenerationStream:
+    """Greedy draft-and-verify generation that admits new requests while earlier ones are still
+    decoding (continuous batching). `add` runs one pass over the new requests (batches of at
+    most `max_rows`, cut by length); the rows it leaves unfinished join a pool that `step`
+    advances by one pass. A request whose draft was right is done after `add`, without waiting
+    for anyone's tail: that is what a server gains over running one batch to its end.
+
+    For decoder-only models whose body and head can be separated (`for_model` returns None
+    otherwise), with LoRA already merged (`prepare_for_inference`, or `merged_lora`).
+    """
+
+    def __init__(self, decoder: DraftVerifyDecoder, tokenizer, max_rows: int) -> None:
+        self.decoder, self.tokenizer, self.max_rows = decoder, tokenizer, max_rows
+
+    @classmethod
+    def for_model(cls, model, tokenizer, max_rows: int, max_new_tokens: int) -> GenerationStream | None:
+        if getattr(model.config, "is_encoder_decoder", False) or (body_and_head := _body_and_head(model)) is None:
+            return None
+        body, head = body_and_head
+        decoder = DraftVerifyDecoder(
+            body,
+            head,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens,
+            max_rows=max_rows,
+        )
+        return cls(decoder, tokenizer, max_rows)
+
+    @property
+    def busy(self) -> bool:
+        return self.decoder.busy
+
+    def add(
+        self,
+        requests: Sequence[str],
+        *,
+        drafts: Sequence[str] | None = None,
+        grammars: Sequence[OutputGrammar] | None = None,
+        few_shot: bool = False,
+        name_tiebreak: float = NAME_TIEBREAK_NATS,
+    ) -> list[GenerationHandle]:
+        """Admit `requests` (arguments as in `generate`); one handle each, in order."""
+        _check_per_request(requests, drafts=drafts, grammars=grammars)
+        tokenizer = self.tokenizer
+        pickers = _pickers(tokenizer, grammars, name_tiebreak) or [None] * len(requests)
+        prompts = [encode_prompt(tokenizer, request, False, few_shot=few_shot) for request in requests]
+        draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
+        redrafts = [TextRedraft(tokenizer, d, r) for d, r in zip(drafts, requests, strict=True)] if drafts else None
+        rows = [
+            Row(pending=prompt, draft=draft, redraft=redrafts[i] if redrafts else None, picker=pickers[i])
+            for i, (prompt, draft) in enumerate(zip(prompts, draft_ids, strict=True))
+        ]
+        for chunk in _chunks(prompts, self.max_rows, draft_ids):
+            self.decoder.start([rows[i] for i in chunk])
+        return [GenerationHandle(row, tokenizer) for row in rows]
+
+    def step(self) -> None:
+        """One pass for every unfinished request."""
+        self.decoder.advance()
+
+    def finish(self) -> None:
+        self.decoder.finish()
 
 
 def prepare_for_inference(model, dtype: str = "auto"):
@@ -229,24 +316,6 @@ class TextRedraft:
                 words = re.match(rf"\S*(?:\s+\S+){{0,{self.COPY_WORDS - 1}}}", self.request[end:])
                 return words.group(0) if words else ""
         return ""
-
-
-def _draft_verify(body_and_head, tokenizer, prompts, draft_ids, redrafts, batch_size, max_new_tokens, pickers):
-    body, head = body_and_head
-    generated = draft_verify_generate(
-        body,
-        head,
-        prompts,
-        draft_ids,
-        eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id,
-        max_new_tokens=max_new_tokens,
-        redrafts=redrafts,
-        pickers=pickers,
-        batches=list(_chunks(prompts, batch_size, draft_ids)),
-        max_rows=batch_size,
-    )
-    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in generated]
 
 
 @torch.inference_mode()

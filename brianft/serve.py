@@ -24,6 +24,8 @@ Status codes:
 
 Concurrent requests are grouped by a `MicroBatcher` into one `Extractor.extract_batch` call that runs
 in a single worker thread (the model is not thread-safe, and generation must not block the event loop).
+With a decoder-only model and `serve.continuous_batching` (the default), prompts join the running
+batch between forward passes and each is answered as soon as it is done (`Extractor.stream`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brianft import __version__
 from brianft.config import ConfigError, ServeConfig
-from brianft.extract import ExtractionResult, Extractor
+from brianft.extract import ExtractionResult, ExtractionStream, ExtractionTicket, Extractor
 from brianft.schema import SCHEMA_VERSION, Intent
 
 logger = logging.getLogger("brianft.serve")
@@ -69,6 +71,13 @@ class _Job:
     future: asyncio.Future[tuple[Outcome, int]]  # (outcome, size of the batch the prompt ran in)
 
 
+@dataclass
+class _Active:
+    job: _Job
+    ticket: ExtractionTicket | None  # None until admitted
+    size: int  # prompts admitted with it
+
+
 class Overloaded(RuntimeError):
     """More prompts are waiting for the model than the server is configured to hold."""
 
@@ -78,6 +87,12 @@ class MicroBatcher:
 
     Prompts that arrive while a batch runs queue up and form the next one (at most `max_batch_size`)
     without further waiting; a prompt that finds the worker idle waits at most `max_wait_ms` for company.
+
+    With `stream` (a factory of `Extractor.stream()`s), batching is continuous: each turn of the
+    worker admits the prompts queued meanwhile with one forward pass over them, then advances every
+    unfinished prompt by one pass, and answers each prompt as soon as it is done. A batch no
+    longer waits for its slowest prompt (a wrong draft costs it a few more passes), and the
+    clients answered early send their next requests while those passes run.
     """
 
     def __init__(
@@ -86,8 +101,10 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         max_queued: int = 1024,
+        stream: Callable[[], ExtractionStream | None] | None = None,
     ) -> None:
         self._extract = extract
+        self._new_stream = stream
         self.max_batch_size = max_batch_size
         self.max_queued = max_queued
         self.max_wait_s = max_wait_ms / 1000
@@ -128,6 +145,9 @@ class MicroBatcher:
         return list(await asyncio.gather(*(job.future for job in jobs)))
 
     async def _run(self) -> None:
+        if self._new_stream is not None and (stream := self._new_stream()) is not None:
+            await self._run_continuous(stream)
+            return
         loop = asyncio.get_running_loop()
         while True:
             jobs = [job for job in await self._collect() if not job.future.done()]
@@ -144,10 +164,62 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_result((outcome, len(jobs)))
 
-    async def _collect(self) -> list[_Job]:
+    async def _run_continuous(self, stream: ExtractionStream) -> None:
+        loop = asyncio.get_running_loop()
+        active: list[_Active] = []
+        jobs: list[_Job] = []
+        try:
+            while True:
+                jobs = [job for job in await self._collect(idle=not active) if not job.future.done()]
+                if not jobs and not active:
+                    continue
+                try:
+                    stream, active, finished = await loop.run_in_executor(
+                        self._executor, self._turn, stream, jobs, active
+                    )
+                except Exception as exc:  # a bug in the recovery itself: fail these prompts, keep serving
+                    _fail([*jobs, *(entry.job for entry in active)], exc)
+                    stream, active, finished = self._new_stream() or stream, [], []
+                jobs = []
+                for job, outcome, size in finished:
+                    if not job.future.done():
+                        job.future.set_result((outcome, size))
+        except BaseException:  # cancelled (shutdown): never leave a client hanging
+            _fail([*jobs, *(entry.job for entry in active)], RuntimeError("the server is shutting down"))
+            raise
+
+    def _turn(
+        self, stream: ExtractionStream, jobs: list[_Job], active: list[_Active]
+    ) -> tuple[ExtractionStream, list[_Active], list[tuple[_Job, Outcome, int]]]:
+        """Runs in the worker thread: admit `jobs`, advance everything unfinished by one pass, and
+        return the stream, what is still running, and what finished. If the stream fails, every
+        prompt in it is rerun through `extract` (each alone if need be) and a new stream starts."""
+        admitted = [_Active(job, None, len(jobs)) for job in jobs]
+        try:
+            for entry, ticket in zip(admitted, stream.add([job.prompt for job in jobs]) if jobs else [], strict=True):
+                entry.ticket = ticket
+            stream.step()
+            running = [*active, *admitted]
+            finished = [(entry.job, entry.ticket.result(), entry.size) for entry in running if entry.ticket.done]
+            return stream, [entry for entry in running if not entry.ticket.done], finished
+        except Exception as exc:
+            logger.error("continuous batching failed (%s); rerunning its prompts", type(exc).__name__, exc_info=exc)
+            running = [*active, *admitted]
+            outcomes = self._isolated([entry.job.prompt for entry in running])
+            fresh = self._new_stream() if self._new_stream is not None else None
+            return (
+                fresh or stream,
+                [],
+                [(entry.job, outcome, 1) for entry, outcome in zip(running, outcomes, strict=True)],
+            )
+
+    async def _collect(self, idle: bool = True) -> list[_Job]:
         # Prompts queued while the last batch ran have waited long enough: they form the batch now.
-        # Only an idle worker waits (up to max_wait) for company for the first prompt.
+        # Only an idle worker waits (up to max_wait) for company for the first prompt; a worker with
+        # prompts in flight takes what is queued and goes on.
         busy = not self._queue.empty()
+        if not idle and not busy:
+            return []
         jobs = [await self._queue.get()]
         deadline = asyncio.get_running_loop().time() + (0.0 if busy else self.max_wait_s)
         try:
@@ -264,7 +336,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def create_app(extractor: Extractor, settings: ServeConfig) -> FastAPI:
     """The API for `extractor`. The worker starts and stops with the app (ASGI lifespan)."""
     batcher = MicroBatcher(
-        extractor.extract_batch, settings.max_batch_size, settings.max_wait_ms, settings.max_queued_prompts
+        extractor.extract_batch,
+        settings.max_batch_size,
+        settings.max_wait_ms,
+        settings.max_queued_prompts,
+        stream=(lambda: extractor.stream(settings.max_batch_size)) if settings.continuous_batching else None,
     )
 
     @asynccontextmanager

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from brianft.drafting import _shared_prefix, draft_verify_generate
+from brianft.drafting import DraftVerifyDecoder, Row, _shared_prefix, draft_verify_generate
 from brianft.infer import generate_texts, inference_dtype, prepare_for_inference
 from brianft.model import backbone_and_head
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
@@ -130,6 +130,28 @@ def test_batches_pool_their_unfinished_rows(tiny):
         assert pooled.calls < sum(one_by_one)
 
 
+def test_rows_admitted_while_others_decode_get_the_greedy_output(tiny):
+    """Continuous batching: rows start while earlier ones are still in the pool, and each row is
+    final (done, greedy) as soon as it finishes, before the rows admitted after it."""
+    model, tokenizer, prompts, expected = tiny
+    body, head = backbone_and_head(model)
+    decoder = DraftVerifyDecoder(
+        body, head, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=MAX_NEW, max_rows=2
+    )
+    right = [e + [tokenizer.eos_token_id] if len(e) < MAX_NEW else e for e in expected]
+    drafts = [right[0], expected[1][:1] + [5, 6], right[2], []]  # rows 1 and 3 straggle
+    rows = [Row(pending=list(p), draft=d) for p, d in zip(prompts, drafts, strict=True)]
+    decoder.start(rows[:2])
+    assert rows[0].done and rows[0].generated == expected[0]  # its draft was right: one pass
+    assert decoder.busy == (not rows[1].done)
+    decoder.advance()
+    decoder.start(rows[2:])  # joins while row 1 may still be decoding
+    assert rows[2].done and rows[2].generated == expected[2]
+    decoder.finish()
+    assert not decoder.busy
+    assert [row.generated for row in rows] == expected
+
+
 def test_max_new_tokens_is_respected(tiny):
     model, tokenizer, prompts, _ = tiny
     long_draft = [list(range(10, 10 + 3 * MAX_NEW)) for _ in prompts]
@@ -175,7 +197,7 @@ def test_inference_dtype_names():
 
 
 def test_text_redraft_lines_up_text_not_tokens(tiny_llama_dir):
-    from brianft.drafting import _propose, _Row
+    from brianft.drafting import Row, _propose
     from brianft.infer import TextRedraft
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -190,6 +212,6 @@ def test_text_redraft_lines_up_text_not_tokens(tiny_llama_dir):
     assert tokenizer.decode(redraft(ids("unstake; token1=eth; amount=1; protocol=li"))) == "do"
     assert redraft(ids("unstake; token1=eth; amount=1; protocol=zz")) == []
     # the row's redraft is used once the draft's own tokens no longer line up, capped in length
-    row = _Row(pending=[], draft=ids("balance"), redraft=redraft, generated=ids("unstake"))
+    row = Row(pending=[], draft=ids("balance"), redraft=redraft, generated=ids("unstake"))
     assert tokenizer.decode(_propose(row)) == tokenizer.decode(redraft(ids("unstake"))[:8])
-    assert _propose(_Row(pending=[], draft=[], generated=ids("xyz"))) == []
+    assert _propose(Row(pending=[], draft=[], generated=ids("xyz"))) == []

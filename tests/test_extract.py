@@ -223,3 +223,22 @@ def test_tiny_run_extracts_in_order(tiny_run_dir):
         assert result.error is None or result.prompt == "" or any("unchecked" in w for w in result.warnings)
     # a single extract agrees with the batch (greedy decoding)
     assert extractor.extract(requests[2]).to_dict() == results[2].to_dict()
+
+
+def test_a_stream_gives_what_extract_batch_gives(tiny_run_dir, rules_extractor):
+    """Continuous batching (the server): requests added while others decode get the same results
+    as one `extract_batch` call; refused ones are answered at once, without the model."""
+    extractor = Extractor.from_run(tiny_run_dir, batch_size=2, max_new_tokens=8)
+    requests = ["swap 1 eth for usdc on base", "", "send 5 dai to bob.eth", "bridge 100 usdt from ethereum to base"]
+    expected = [result.to_dict() for result in extractor.extract_batch(requests)]
+    stream = extractor.stream()
+    first = stream.add(requests[:2])
+    assert first[1].done and first[1].result().error == "the request is empty"
+    stream.step()
+    rest = stream.add(requests[2:])
+    while stream.busy:
+        stream.step()
+    tickets = [*first, *rest]
+    assert all(ticket.done for ticket in tickets)
+    assert [ticket.result().to_dict() for ticket in tickets] == expected
+    assert rules_extractor.stream() is None  # no model: the server runs extract_batch

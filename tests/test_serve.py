@@ -321,6 +321,115 @@ def test_prompts_queued_during_a_batch_run_next_without_waiting():
     assert elapsed < 5  # "e" did not wait max_wait_ms for company
 
 
+class FakeTicket:
+    def __init__(self, prompt: str) -> None:
+        self.prompt, self.passes_left = prompt, int(prompt.split(":")[1])  # "name:N" needs N passes
+
+    @property
+    def done(self) -> bool:
+        return self.passes_left <= 0
+
+    def result(self) -> str:
+        return self.prompt.upper()
+
+
+class FakeStream:
+    """Stands in for `Extractor.stream()`: a prompt "x:N" is done after N passes (its first is `add`'s)."""
+
+    def __init__(self, log: list) -> None:
+        self.log, self.tickets = log, []
+
+    @property
+    def busy(self) -> bool:
+        return any(not t.done for t in self.tickets)
+
+    def add(self, prompts: list[str]) -> list[FakeTicket]:
+        if any("boom" in p for p in prompts):
+            raise RuntimeError("stream exploded")
+        self.log.append(("add", list(prompts)))
+        new = [FakeTicket(p) for p in prompts]
+        for ticket in new:
+            ticket.passes_left -= 1
+        self.tickets += new
+        return new
+
+    def step(self) -> None:
+        time.sleep(0.02)
+        for ticket in self.tickets:
+            ticket.passes_left -= 1
+
+
+def continuous(scenario, extract=None):
+    log: list = []
+    streams: list = []
+
+    def new_stream():
+        streams.append(FakeStream(log))
+        return streams[-1]
+
+    async def run():
+        batcher = MicroBatcher(
+            extract or (lambda prompts: [p.upper() for p in prompts]), 4, max_wait_ms=0, stream=new_stream
+        )
+        batcher.start()
+        try:
+            return await scenario(batcher)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(run()), log, streams
+
+
+def test_continuous_batching_answers_each_prompt_when_it_is_done():
+    """A prompt whose first pass finishes it is answered before its slow batch-mate, and prompts
+    that arrive meanwhile join the running batch instead of waiting for it to end."""
+
+    async def scenario(batcher):
+        order: list[str] = []
+
+        async def ask(prompt):
+            answer = await batcher.submit([prompt])
+            order.append(prompt)
+            return answer
+
+        slow = asyncio.ensure_future(ask("slow:30"))
+        fast = asyncio.ensure_future(ask("fast:1"))
+        await asyncio.sleep(0.1)  # slow is still decoding
+        late = await ask("late:2")
+        answers = await asyncio.gather(slow, fast)
+        return order, answers, late
+
+    (order, answers, late), log, _ = continuous(scenario)
+    assert order == ["fast:1", "late:2", "slow:30"]
+    assert answers == [[("SLOW:30", 2)], [("FAST:1", 2)]] and late == [("LATE:2", 1)]
+    assert log[0] == ("add", ["slow:30", "fast:1"]) and ("add", ["late:2"]) in log
+
+
+def test_a_failing_stream_reruns_its_prompts_and_a_new_stream_starts(caplog):
+    """If the stream raises, its prompts are rerun through extract_batch (a prompt that breaks the
+    extractor fails alone) and later prompts go to a fresh stream."""
+
+    def extract(prompts):
+        if any("boom" in p for p in prompts):
+            raise RuntimeError("extractor exploded")
+        return [p.upper() for p in prompts]
+
+    async def scenario(batcher):
+        slow = asyncio.ensure_future(batcher.submit(["slow:20"]))
+        await asyncio.sleep(0.05)
+        boom = await batcher.submit(["boom:1"])
+        after = await batcher.submit(["after:2"])
+        return await slow, boom, after
+
+    with caplog.at_level(logging.ERROR, logger="brianft.serve"):
+        (slow, boom, after), log, streams = continuous(scenario, extract)
+    assert slow == [("SLOW:20", 1)]  # rerun through extract_batch when the stream failed
+    assert isinstance(boom[0][0], RuntimeError)
+    assert after == [("AFTER:2", 1)]
+    assert len(streams) == 2 and streams[1].tickets[0].prompt == "after:2"
+    assert "continuous batching failed" in caplog.text
+
+
 def test_overload_is_a_503_and_the_server_recovers(rules):
     """Beyond max_queued_prompts waiting prompts, requests are shed with 503 + Retry-After
     instead of queueing without bound; once the queue drains, requests succeed again."""
@@ -494,6 +603,12 @@ def test_serving_a_tiny_trained_run(tiny_run_dir, tiny_llama_dir):
         assert {"prompt", "intents", "missing", "warnings"} <= set(one.json()) <= {*one.json(), "error"}
         batch = client.post("/v1/extract/batch", json={"prompts": ["wrap 1 eth", "bridge 5 usdc to base"]})
         assert [item["prompt"] for item in batch.json()] == ["wrap 1 eth", "bridge 5 usdc to base"]
+        # continuous batching (on by default): concurrent clients get what one extract_batch gives
+        prompts = ["wrap 1 eth", "bridge 5 usdc to base", "send 5 dai to bob.eth", "stake 2 eth", "bal?", ""]
+        expected = [result.to_dict() for result in extractor.extract_batch(prompts)]
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda p: client.post("/v1/extract/batch", json={"prompts": [p]}).json(), prompts))
+        assert [answer[0] for answer in answers] == expected
         brian = client.post("/api/v0/agent/parameters-extraction", json={"prompt": "wrap 1 eth"})
         assert brian.status_code in (200, 500)  # 500 when its output cannot be read
         assert set(brian.json()) == ({"result"} if brian.status_code == 200 else {"error"})

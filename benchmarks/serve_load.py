@@ -1,11 +1,14 @@
-"""Serving load: latency and throughput of `brianft serve` with micro-batching on and off.
+"""Serving load: latency and throughput of `brianft serve` with continuous batching, micro-batching, and none.
 
 The server runs in this process (a uvicorn thread on loopback) around one extractor, loaded once;
 an asyncio client drives a bounded load: `--clients` concurrent connections send `--requests`
 POST /v1/extract requests in total, prompts drawn in turn from the curated dataset. The same load
-runs three times on the same extractor: micro-batching on (`--max-batch-size`, `--max-wait-ms`), on
-without waiting (a batch is what queued up while the previous one ran), and off (max_batch_size=1).
-Each variant is warmed up with a few uncounted requests first. Latency is measured by the
+runs on the same extractor with: continuous batching (a decoder-only model only: prompts join the
+running batch between forward passes, `--max-batch-size`, `--max-wait-ms`), micro-batches (one
+`extract_batch` call per batch, run to its end), micro-batches without waiting (a batch is what
+queued up while the previous one ran), and no batching (max_batch_size=1). One uncounted pass over
+the prompts comes first, so that every variant meets them with the same caches, and each variant
+is warmed up with a few uncounted requests. Latency is measured by the
 client, per request. The client shares the process (and the GIL) with the server in every
 variant, so compare the rows, not the absolute figures with another machine's.
 
@@ -82,22 +85,33 @@ def main() -> None:
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     extractor = Extractor.load(args.model, batch_size=args.max_batch_size, **generation)
     prompts = load_prompts(args.prompts)
-    on, off = f"on, wait {args.max_wait_ms:g} ms", "off"
+    wait = f"wait {args.max_wait_ms:g} ms"
+    off = "off"
     settings = {  # port 0: a free port
-        on: ServeConfig(port=0, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms),
-        "on, no wait": ServeConfig(port=0, max_batch_size=args.max_batch_size, max_wait_ms=0),
-        off: ServeConfig(port=0, max_batch_size=1, max_wait_ms=0),
+        f"micro-batches, {wait}": ServeConfig(
+            port=0, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, continuous_batching=False
+        ),
+        "micro-batches, no wait": ServeConfig(
+            port=0, max_batch_size=args.max_batch_size, max_wait_ms=0, continuous_batching=False
+        ),
+        off: ServeConfig(port=0, max_batch_size=1, max_wait_ms=0, continuous_batching=False),
     }
+    if extractor.stream() is not None:  # a decoder-only model: requests join the running batch
+        continuous = ServeConfig(port=0, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
+        settings = {f"continuous, {wait}": continuous, **settings}
+    # Every variant meets the same prompts with the same caches (canonical forms of their spans):
+    # one uncounted pass over them all first.
+    extractor.extract_batch([prompts[i % len(prompts)] for i in range(min(args.requests, len(prompts)))])
     results = {}
     for variant, config in settings.items():
         print(f"batching {variant}: {args.requests} requests from {args.clients} clients...", flush=True)
         with serve_in_thread(extractor, config) as url:
             asyncio.run(drive(url, prompts, args.clients, args.clients))  # warm-up, not counted
             results[variant] = asyncio.run(drive(url, prompts, args.clients, args.requests))
-    print(f"\n{'batching':<18}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>9}{'failed':>8}{'vs off':>9}")
+    print(f"\n{'batching':<26}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>9}{'failed':>8}{'vs off':>9}")
     for variant, r in results.items():
         ratio = r["rps"] / results[off]["rps"]
-        print(f"{variant:<18}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['rps']:>9.1f}{r['failures']:>8}{ratio:>8.2f}x")
+        print(f"{variant:<26}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['rps']:>9.1f}{r['failures']:>8}{ratio:>8.2f}x")
     machine = f"{os.cpu_count()} CPUs"
     print(json.dumps({"machine": machine, "model": args.model, "clients": args.clients, **results}))
 

@@ -83,6 +83,9 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attention kernel while training; auto: eager on a CPU, the model's own elsewhere"
+    )
     log_every: int = Field(5, ge=1)
     eval_every: int = Field(0, ge=0, description="steps between validation evaluations; 0: at the end only")
     eval_examples: int = Field(64, ge=1, description="validation examples generated at each evaluation")

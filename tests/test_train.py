@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from brianft.config import load_config
+from brianft.config import ConfigError, load_config
 from brianft.train import RunDirError, train
 
 
@@ -219,3 +219,22 @@ def test_supervised_loss_equals_full_sequence_cross_entropy(tiny_llama_dir):
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     reference = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction="sum")
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+
+
+def test_training_attention_is_eager_on_a_cpu_unless_configured(tiny_llama_dir):
+    """The CPU default (`auto`) trains with plain matmul-softmax attention, faster than the fused
+    kernel's backward on short sequences; other devices keep the model's own; a choice is honoured."""
+    from transformers import AutoModelForCausalLM
+
+    from brianft.train import set_training_attention
+
+    def implementation(attention, device):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa")
+        set_training_attention(model, attention, torch.device(device))
+        return model.config._attn_implementation
+
+    assert implementation("auto", "cpu") == "eager"
+    assert implementation("auto", "meta") == "sdpa"  # not a CPU: untouched
+    assert implementation("sdpa", "cpu") == "sdpa"
+    with pytest.raises(ConfigError, match="attention"):
+        load_config(None, ["train.attention=flash"])

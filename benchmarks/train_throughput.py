@@ -7,9 +7,9 @@ second, seconds per step (first step excluded: warm-up) and peak resident memory
 - naive:        transformers.Trainer, loss over the whole sequence, every batch padded to the
                 longest example, LoRA on all linear layers, fp32
 - ours-same-lora: our step (length-grouped batches, dynamic padding, loss and LM head only on
-                supervised tokens), same LoRA and precision as naive
-- ours-default: our step with the default config (configs/default.yaml: its LoRA blocks and
-                bf16 autocast)
+                supervised tokens), same LoRA, precision and attention kernel as naive
+- ours-default: our step with the default config (configs/default.yaml: its LoRA blocks, bf16
+                autocast, and `train.attention`: eager on a CPU)
 
     python benchmarks/train_throughput.py [--steps 12] [--batch-size 16] [--base smollm2-135m-instruct]
 """
@@ -27,18 +27,23 @@ import time
 VARIANTS = ("naive", "ours-same-lora", "ours-default")
 
 
-def _setup(base: str, default_lora: bool):
+def _setup(base: str, default: bool):
+    import torch
+
     from brianft.config import load_config
     from brianft.data.dataset import build_splits
     from brianft.model import apply_lora, load_base_model
     from brianft.normalize import Canonicalizer
     from brianft.prompting import encode_example
+    from brianft.train import set_training_attention
 
     config = load_config("configs/default.yaml", [f"model.base={base}", "data.synthetic_test=0"])
     # naive and ours-same-lora: LoRA on every block; ours-default: whatever the config says
-    lora = config.model.lora if default_lora else config.model.lora.model_copy(update={"top_layers": None})
+    lora = config.model.lora if default else config.model.lora.model_copy(update={"top_layers": None})
     splits = build_splits(config.data, Canonicalizer.default())
     loaded = load_base_model(config.model)
+    if default:  # the configured attention kernel (eager on a CPU); the others keep the model's own
+        set_training_attention(loaded.model, config.train.attention, torch.device("cpu"))
     model = apply_lora(loaded, lora)
     encoded = [encode_example(loaded.tokenizer, e, loaded.is_seq2seq) for e in splits.train]
     return config, loaded, model, encoded

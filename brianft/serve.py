@@ -105,6 +105,7 @@ class MicroBatcher:
     ) -> None:
         self._extract = extract
         self._new_stream = stream
+        self.continuous = False  # set once the worker has a stream
         self.max_batch_size = max_batch_size
         self.max_queued = max_queued
         self.max_wait_s = max_wait_ms / 1000
@@ -146,6 +147,7 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         if self._new_stream is not None and (stream := self._new_stream()) is not None:
+            self.continuous = True
             await self._run_continuous(stream)
             return
         loop = asyncio.get_running_loop()
@@ -307,6 +309,7 @@ class Limits(BaseModel):
     max_prompts_per_request: int
     max_batch_size: int
     max_wait_ms: float
+    continuous_batching: bool  # in effect: configured, and the model can
 
 
 class Info(BaseModel):
@@ -398,6 +401,7 @@ def create_app(extractor: Extractor, settings: ServeConfig) -> FastAPI:
                 "max_prompts_per_request": settings.max_prompts_per_request,
                 "max_batch_size": settings.max_batch_size,
                 "max_wait_ms": settings.max_wait_ms,
+                "continuous_batching": batcher.continuous,
             },
             "auth": settings.api_key is not None,
         }

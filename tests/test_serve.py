@@ -132,6 +132,7 @@ def test_health_info_and_openapi(client, rules):
             "max_prompts_per_request": 64,
             "max_batch_size": 16,
             "max_wait_ms": 10.0,
+            "continuous_batching": False,  # the rules have no model passes to join
         },
         "auth": False,
     }
@@ -597,6 +598,7 @@ def test_serving_a_tiny_trained_run(tiny_run_dir, tiny_llama_dir):
         info = client.get("/v1/info").json()
         assert info["model"]["base"] == str(tiny_llama_dir)
         assert info["model"]["adapter"] == str(tiny_run_dir / "adapter")
+        assert info["limits"]["continuous_batching"] is True
         one = client.post("/v1/extract", json={"prompt": "swap 1 eth for usdc"})
         assert one.status_code == 200, one.text  # a 2-step model emits nonsense: only the shape is checked
         assert one.json()["prompt"] == "swap 1 eth for usdc"

@@ -8,6 +8,7 @@ second, seconds per step (first step excluded: warm-up) and peak resident memory
                 longest example, LoRA on all linear layers, fp32
 - ours-same-lora: our step (length-grouped batches, dynamic padding, loss and LM head only on
                 supervised tokens), same LoRA, precision and attention kernel as naive
+- ours-default-sdpa: ours-default with PyTorch's fused attention kernel (`train.attention=sdpa`)
 - ours-default: our step with the default config (configs/default.yaml: its LoRA blocks, bf16
                 autocast, and `train.attention`: eager on a CPU)
 
@@ -24,10 +25,10 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("naive", "ours-same-lora", "ours-default")
+VARIANTS = ("naive", "ours-same-lora", "ours-default-sdpa", "ours-default")
 
 
-def _setup(base: str, default: bool):
+def _setup(base: str, default: bool, attention: str | None = None):
     import torch
 
     from brianft.config import load_config
@@ -37,7 +38,10 @@ def _setup(base: str, default: bool):
     from brianft.prompting import encode_example
     from brianft.train import set_training_attention
 
-    config = load_config("configs/default.yaml", [f"model.base={base}", "data.synthetic_test=0"])
+    overrides = [f"model.base={base}", "data.synthetic_test=0"] + (
+        [f"train.attention={attention}"] if attention else []
+    )
+    config = load_config("configs/default.yaml", overrides)
     # naive and ours-same-lora: LoRA on every block; ours-default: whatever the config says
     lora = config.model.lora if default else config.model.lora.model_copy(update={"top_layers": None})
     splits = build_splits(config.data, Canonicalizer.default())
@@ -49,14 +53,14 @@ def _setup(base: str, default: bool):
     return config, loaded, model, encoded
 
 
-def run_ours(base: str, steps: int, batch_size: int, default: bool) -> dict:
+def run_ours(base: str, steps: int, batch_size: int, default: bool, attention: str | None = None) -> dict:
     import torch
     from transformers import get_scheduler
 
     from brianft.prompting import length_grouped_batches
     from brianft.train import Distributed, optimizer_step
 
-    config, loaded, model, encoded = _setup(base, default)
+    config, loaded, model, encoded = _setup(base, default, attention)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scheduler = get_scheduler("constant", optimizer)
     batches = length_grouped_batches([len(e.input_ids) for e in encoded], batch_size, seed=0, epoch=0)
@@ -129,7 +133,8 @@ def child(variant: str, base: str, steps: int, batch_size: int) -> None:
     if variant == "naive":
         result = run_naive(base, steps, batch_size)
     else:
-        result = run_ours(base, steps, batch_size, default=variant == "ours-default")
+        attention = "sdpa" if variant == "ours-default-sdpa" else None
+        result = run_ours(base, steps, batch_size, default=variant.startswith("ours-default"), attention=attention)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -148,26 +153,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--base", default="smollm2-135m-instruct")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; naive is the baseline")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.base, args.steps, args.batch_size)
         return
     results = {}
-    for variant in VARIANTS:
+    for variant in args.variants.split(","):
         print(f"running {variant} ({args.steps} steps of {args.batch_size})...", flush=True)
         command = [sys.executable, __file__, "--child", variant, "--steps", str(args.steps)]
         command += ["--batch-size", str(args.batch_size), "--base", args.base]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         line = next(x for x in out.splitlines() if x.startswith("RESULT "))
         results[variant] = summarise(json.loads(line.removeprefix("RESULT ")))
-    naive = results["naive"]
-    print(f"\n{'variant':<16}{'s/step':>9}{'sup tok/s':>11}{'peak MB':>9}{'speed-up':>10}")
+    naive = results.get("naive")
+    print(f"\n{'variant':<18}{'s/step':>9}{'sup tok/s':>11}{'peak MB':>9}{'speed-up':>10}")
     for variant, r in results.items():
-        ratio = r["supervised_tokens_per_s"] / naive["supervised_tokens_per_s"]
+        ratio = f"{r['supervised_tokens_per_s'] / naive['supervised_tokens_per_s']:>9.2f}x" if naive else "-"
         print(
-            f"{variant:<16}{r['s_per_step']:>9.2f}{r['supervised_tokens_per_s']:>11.1f}"
-            f"{r['peak_rss_mb']:>9.0f}{ratio:>9.2f}x"
+            f"{variant:<18}{r['s_per_step']:>9.2f}{r['supervised_tokens_per_s']:>11.1f}{r['peak_rss_mb']:>9.0f}{ratio}"
         )
     print(json.dumps({"machine": f"{os.cpu_count()} CPUs", **results}))
 

@@ -88,7 +88,9 @@ def extractor_generate(run: str, dtype: str, draft: bool, constrain: bool):
 def child(variant: str, run: str, requests: list[str], batch_size: int, warmup: list[str]) -> dict:
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    from brianft.cpus import available_cpus
+
+    torch.set_num_threads(available_cpus())
     if variant == "naive":
         generate = naive_generate(run)
     else:

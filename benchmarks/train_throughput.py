@@ -129,7 +129,9 @@ def run_naive(base: str, steps: int, batch_size: int) -> dict:
 def child(variant: str, base: str, steps: int, batch_size: int) -> None:
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    from brianft.cpus import available_cpus
+
+    torch.set_num_threads(available_cpus())
     if variant == "naive":
         result = run_naive(base, steps, batch_size)
     else:

@@ -140,7 +140,7 @@ def build_job(options: JobOptions) -> dict[str, Any]:
     if options.timeout_s <= 0:
         raise JobSpecError(f"--timeout {options.timeout_s} must be more than zero seconds")
     cores = cpu_cores(options.cpu)
-    # Training sets torch's threads from os.cpu_count(), which sees the host's cores, not the job's share.
+    # Explicit, though training reads the cgroup quota itself (brianft.cpus): some runtimes hide it.
     threads = max(1, int(cores))
     config = training_config(options, threads)
     wanted: dict[str, str] = {"CPU": options.cpu.strip(), "Memory": byte_size(options.memory, "--memory")}

@@ -311,9 +311,11 @@ def _model_backend(
 ) -> tuple[ModelBackend, str]:
     """The backend, and how it runs the model (for people and /v1/info). `fmt`: the target
     format the model was trained to write."""
+    from brianft.cpus import cap_torch_threads
     from brianft.infer import prepare_for_inference
     from brianft.rules import RulesExtractor
 
+    cap_torch_threads()  # in a container limited to N CPUs, torch would start one thread per host core
     model = prepare_for_inference(loaded.model, dtype)
     rules = RulesExtractor(canonicalizer) if draft else None
     spans = SpanFinder(canonicalizer) if constrain else None

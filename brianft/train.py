@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from brianft.config import Config, dump_config
+from brianft.cpus import available_cpus
 from brianft.data.dataset import build_splits
 from brianft.evaluate import score_predictions
 from brianft.infer import decode_prediction, generate_texts
@@ -261,7 +262,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
         prepare_run_dir(output_dir, resume=resume, overwrite=overwrite)
     if ranks.world > 1:
         dist.barrier()
-    torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // ranks.world))
+    torch.set_num_threads(tc.threads or max(1, available_cpus() // ranks.world))
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
 

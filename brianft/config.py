@@ -118,6 +118,16 @@ class ServeConfig(_Strict):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
     log_prompts: bool = Field(False, description="include prompt text in request logs")
 
+    @model_validator(mode="after")
+    def _not_a_masked_key(self) -> ServeConfig:
+        # Older runs' config.yaml files hold the key as pydantic masks it; served from such a
+        # file, the mask itself would have become the key, and the mask is public.
+        if self.api_key is not None and set(self.api_key.get_secret_value()) == {"*"}:
+            raise ValueError(
+                "api_key is a masked placeholder ('**********'), not a key: set the real key or BRIANFT_API_KEY"
+            )
+        return self
+
 
 class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
@@ -173,4 +183,8 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 
 def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The configuration as YAML, for a run directory. Secrets are left out (the API key is
+    written as null): a run directory is shared and copied, and a key belongs in the environment."""
+    data = config.model_dump(mode="json")
+    data["serve"]["api_key"] = None
+    return yaml.safe_dump(data, sort_keys=False)

@@ -53,3 +53,17 @@ def test_parse_override_types():
     assert load_config(None, ["data.test_fraction=2.5e-1"]).data.test_fraction == 0.25
     assert parse_override("a=true") == ("a", True)
     assert parse_override("a=") == ("a", "")
+
+
+def test_a_dumped_config_keeps_no_api_key_and_a_masked_key_is_refused(tmp_path):
+    """A run's config.yaml never holds the key; one written by an older version holds the mask,
+    which must not become the server's key (the mask is public)."""
+    config = load_config(None, ["serve.api_key=supersecret-123"])
+    dumped = dump_config(config)
+    assert "supersecret" not in dumped and "*****" not in dumped
+    path = tmp_path / "config.yaml"
+    path.write_text(dumped)
+    assert load_config(path).serve.api_key is None  # serve then reads BRIANFT_API_KEY
+    path.write_text(dumped.replace("api_key: null", "api_key: '**********'"))
+    with pytest.raises(ConfigError, match="masked placeholder"):
+        load_config(path)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from brianft.data.spans import SpanFinder
+from brianft.drafting import PrefixCache
 from brianft.infer import Generated, Prediction, decode_prediction
 from brianft.normalize import Canonicalizer
 from brianft.schema import Example, Intent
@@ -338,6 +339,7 @@ class ModelBackend:
     spans: SpanFinder | None  # None: unconstrained output
     few_shot: bool
     fmt: TargetFormat
+    prefix: PrefixCache = field(default_factory=PrefixCache)  # the prompts' shared opening, computed once
 
     def __call__(self, requests: list[str], batch_size: int, max_new_tokens: int) -> list[Generated]:
         from brianft.infer import generate
@@ -349,6 +351,7 @@ class ModelBackend:
             is_seq2seq=self.is_seq2seq,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
+            prefix=self.prefix,
             **self.options(requests),
         )
 
@@ -368,7 +371,7 @@ class ModelBackend:
 
         if self.is_seq2seq:
             return None
-        return GenerationStream.for_model(self.model, self.tokenizer, max_rows, max_new_tokens)
+        return GenerationStream.for_model(self.model, self.tokenizer, max_rows, max_new_tokens, self.prefix)
 
 
 def rule_drafts(rules, requests: Sequence[str], fmt: TargetFormat = "fields") -> list[str]:

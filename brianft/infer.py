@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from brianft.constrain import NAME_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
-from brianft.drafting import DraftVerifyDecoder, Row
+from brianft.drafting import DraftVerifyDecoder, PrefixCache, Row
 from brianft.normalize import Canonicalizer
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
 from brianft.schema import Intent
@@ -67,6 +67,7 @@ def generate(
     grammars: Sequence[OutputGrammar] | None = None,
     few_shot: bool = False,
     name_tiebreak: float = NAME_TIEBREAK_NATS,
+    prefix: PrefixCache | None = None,
 ) -> list[Generated]:
     """Greedy generation, batched, in the order of `requests`.
 
@@ -78,13 +79,17 @@ def generate(
     `few_shot` prompts with worked examples instead of the fine-tuning prompt (zero-shot baseline).
     A peft model's LoRA weights are merged into the base for the duration: one matmul per
     layer instead of three is most of the cost of a small model's decoding step on a CPU.
+    `prefix` keeps the prompts' shared opening computed across calls (same model and weights only).
     """
     _check_per_request(requests, drafts=drafts, grammars=grammars)
     was_training = model.training
     model.eval()
     try:
         with merged_lora(model):
-            if not is_seq2seq and (stream := GenerationStream.for_model(model, tokenizer, batch_size, max_new_tokens)):
+            stream = (
+                None if is_seq2seq else GenerationStream.for_model(model, tokenizer, batch_size, max_new_tokens, prefix)
+            )
+            if stream is not None:
                 handles = stream.add(
                     requests, drafts=drafts, grammars=grammars, few_shot=few_shot, name_tiebreak=name_tiebreak
                 )
@@ -144,7 +149,9 @@ class GenerationStream:
         self.decoder, self.tokenizer, self.max_rows = decoder, tokenizer, max_rows
 
     @classmethod
-    def for_model(cls, model, tokenizer, max_rows: int, max_new_tokens: int) -> GenerationStream | None:
+    def for_model(
+        cls, model, tokenizer, max_rows: int, max_new_tokens: int, prefix: PrefixCache | None = None
+    ) -> GenerationStream | None:
         if getattr(model.config, "is_encoder_decoder", False) or (body_and_head := _body_and_head(model)) is None:
             return None
         body, head = body_and_head
@@ -155,6 +162,7 @@ class GenerationStream:
             pad_id=tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens,
             max_rows=max_rows,
+            prefix=prefix,
         )
         return cls(decoder, tokenizer, max_rows)
 

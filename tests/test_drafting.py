@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from brianft.drafting import DraftVerifyDecoder, Row, _shared_prefix, draft_verify_generate
+from brianft.drafting import DraftVerifyDecoder, PrefixCache, Row, _shared_prefix, draft_verify_generate
 from brianft.infer import generate_texts, inference_dtype, prepare_for_inference
 from brianft.model import backbone_and_head
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
@@ -150,6 +150,35 @@ def test_rows_admitted_while_others_decode_get_the_greedy_output(tiny):
     decoder.finish()
     assert not decoder.busy
     assert [row.generated for row in rows] == expected
+
+
+def test_the_shared_prefix_is_computed_once_and_cut_back_when_prompts_share_less(tiny):
+    """A PrefixCache kept across decoders runs the prompts' common opening once; later batches
+    copy it (no extra pass), a prompt that shares less cuts it back, and outputs stay greedy."""
+    model, tokenizer, prompts, expected = tiny
+    body, head = backbone_and_head(model)
+    counting, prefix = CountingBody(body), PrefixCache()
+
+    def decode(indices, prompt_list=prompts):
+        decoder = DraftVerifyDecoder(
+            counting, head, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+            max_new_tokens=MAX_NEW, max_rows=4, prefix=prefix,
+        )  # fmt: skip
+        rows = [Row(pending=list(prompt_list[i]), draft=[]) for i in indices]
+        decoder.start(rows)
+        decoder.finish()
+        return [row.generated for row in rows]
+
+    assert decode([0, 1]) == expected[:2]
+    shared = _shared_prefix(prompts[:2])
+    assert prefix.ids == prompts[0][:shared] and shared > 0
+    calls = counting.calls
+    assert decode([2, 3]) == expected[2:]
+    assert counting.calls - calls == max(min(len(e) + 1, MAX_NEW) for e in expected[2:])  # no prefix pass
+    assert len(prefix.ids) == min(shared, _shared_prefix(prompts))
+    other = [[prompts[0][0] + 1, *prompts[0][1:]]]  # shares nothing: computed afresh
+    assert decode([0], other) == reference(model, tokenizer, other)
+    assert prefix.ids == other[0][:-1]
 
 
 def test_max_new_tokens_is_respected(tiny):

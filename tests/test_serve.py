@@ -19,7 +19,7 @@ from brianft import __version__
 from brianft.config import ConfigError, ServeConfig, load_config
 from brianft.extract import Extractor
 from brianft.schema import SCHEMA_VERSION
-from brianft.serve import MicroBatcher, max_body_bytes, resolve_api_key, serve_in_thread
+from brianft.serve import JOIN_AFTER_PASSES, MicroBatcher, max_body_bytes, resolve_api_key, serve_in_thread
 
 KEY = "test-key-0123456789"
 SWAP = {"action": "swap", "token1": "USDC", "token2": "ETH", "amount": "100", "chain": "base"}
@@ -356,6 +356,7 @@ class FakeStream:
 
     def step(self) -> None:
         time.sleep(0.02)
+        self.log.append(("step",))
         for ticket in self.tickets:
             ticket.passes_left -= 1
 
@@ -374,7 +375,7 @@ def continuous(scenario, extract=None):
         )
         batcher.start()
         try:
-            return await scenario(batcher)
+            return await scenario(batcher, log)
         finally:
             await batcher.stop()
 
@@ -385,7 +386,7 @@ def test_continuous_batching_answers_each_prompt_when_it_is_done():
     """A prompt whose first pass finishes it is answered before its slow batch-mate, and prompts
     that arrive meanwhile join the running batch instead of waiting for it to end."""
 
-    async def scenario(batcher):
+    async def scenario(batcher, _log):
         order: list[str] = []
 
         async def ask(prompt):
@@ -406,6 +407,29 @@ def test_continuous_batching_answers_each_prompt_when_it_is_done():
     assert log[0] == ("add", ["slow:30", "fast:1"]) and ("add", ["late:2"]) in log
 
 
+def test_a_lone_prompt_waits_a_few_passes_for_company_and_a_group_joins_at_once():
+    """While prompts decode, one or two new prompts make a poor pass of their own: a lone one
+    waits up to JOIN_AFTER_PASSES passes for company; a quarter of max_batch_size joins at once."""
+
+    async def scenario(batcher, log):
+        slow = asyncio.ensure_future(batcher.submit(["slow:60"]))
+        await asyncio.sleep(0.1)
+        marks = {"late": len(log)}
+        await batcher.submit(["late:1"])
+        marks["pair"] = len(log)
+        await batcher.submit(["a:1", "b:1"])
+        await slow
+        return marks
+
+    def steps_before(add, since):
+        index = log.index(("add", add))
+        return sum(entry == ("step",) for entry in log[since:index])
+
+    marks, log, _ = continuous(scenario)
+    assert JOIN_AFTER_PASSES <= steps_before(["late:1"], marks["late"]) <= JOIN_AFTER_PASSES + 1
+    assert steps_before(["a:1", "b:1"], marks["pair"]) <= 1
+
+
 def test_a_failing_stream_reruns_its_prompts_and_a_new_stream_starts(caplog):
     """If the stream raises, its prompts are rerun through extract_batch (a prompt that breaks the
     extractor fails alone) and later prompts go to a fresh stream."""
@@ -415,7 +439,7 @@ def test_a_failing_stream_reruns_its_prompts_and_a_new_stream_starts(caplog):
             raise RuntimeError("extractor exploded")
         return [p.upper() for p in prompts]
 
-    async def scenario(batcher):
+    async def scenario(batcher, _log):
         slow = asyncio.ensure_future(batcher.submit(["slow:20"]))
         await asyncio.sleep(0.05)
         boom = await batcher.submit(["boom:1"])

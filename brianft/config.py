@@ -80,7 +80,7 @@ class TrainConfig(_Strict):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: the CPUs this process may use")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
     attention: Literal["auto", "eager", "sdpa"] = Field(

@@ -180,11 +180,11 @@ class PrefixCache:
     def cache_for(self, body: torch.nn.Module, prompts: Sequence[list[int]], device) -> tuple[int, DynamicCache]:
         """How many leading tokens of `prompts` are in the returned cache (one row per prompt)."""
         shared = _shared_prefix(prompts)
-        head = prompts[0][:shared]
-        agreed = next((i for i, (a, b) in enumerate(zip(self.ids, head, strict=False)) if a != b), None)
+        opening = prompts[0][:shared]
+        agreed = next((i for i, (a, b) in enumerate(zip(self.ids, opening, strict=False)) if a != b), None)
         agreed = min(len(self.ids), shared) if agreed is None else agreed
         if agreed == 0 and shared:
-            self._compute(body, prompts[0][:shared], device)
+            self._compute(body, opening, device)
             agreed = shared
         elif agreed < len(self.ids):
             self.ids = self.ids[:agreed]

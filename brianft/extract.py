@@ -369,8 +369,6 @@ class ModelBackend:
         """A `GenerationStream` over this model, or None where the model cannot stream (seq2seq)."""
         from brianft.infer import GenerationStream
 
-        if self.is_seq2seq:
-            return None
         return GenerationStream.for_model(self.model, self.tokenizer, max_rows, max_new_tokens, self.prefix)
 
 

@@ -152,7 +152,7 @@ class GenerationStream:
     def for_model(
         cls, model, tokenizer, max_rows: int, max_new_tokens: int, prefix: PrefixCache | None = None
     ) -> GenerationStream | None:
-        if getattr(model.config, "is_encoder_decoder", False) or (body_and_head := _body_and_head(model)) is None:
+        if (body_and_head := _body_and_head(model)) is None:  # encoder-decoder, or no separable head
             return None
         body, head = body_and_head
         decoder = DraftVerifyDecoder(

@@ -83,7 +83,7 @@ class Overloaded(RuntimeError):
 
 
 # Under continuous batching, a few prompts that arrive while others decode wait up to this many
-# passes for company (benchmarks/serve_load.py: +9-16% requests/s, p95 -26-32%).
+# passes for company (benchmarks/serve_load.py, against micro-batches: +1-9% requests/s, p95 -15-28%).
 JOIN_AFTER_PASSES = 4
 
 

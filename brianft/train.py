@@ -115,8 +115,9 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def set_training_attention(model, attention: str, device: torch.device) -> None:
     """On a CPU, plain matmul-softmax attention: for these short sequences (~50 tokens) the
-    backward pass of PyTorch's fused CPU attention (SDPA) took a fifth of each training step, and
-    eager attention makes steps 19% faster (docs/BENCHMARKS.md). On a GPU the fused kernels win."""
+    fused CPU attention kernel (SDPA) took 17% of a training step's CPU time, mostly in its backward
+    pass, and eager attention makes steps 9-19% faster (docs/BENCHMARKS.md). On a GPU the fused
+    kernels win."""
     if attention == "auto":
         attention = "eager" if device.type == "cpu" else ""
     if attention:

@@ -79,6 +79,9 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
+    neftune_alpha: float = Field(
+        0.0, ge=0, description="NEFTune: noise on the input embeddings while training (the paper uses 5); 0: off"
+    )
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: the CPUs this process may use")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -124,6 +124,20 @@ def set_training_attention(model, attention: str, device: torch.device) -> None:
         model.set_attn_implementation(attention)
 
 
+def add_embedding_noise(model, alpha: float):
+    """NEFTune (Jain et al., 2023): uniform noise of size alpha / sqrt(length x width) on the
+    input embeddings in training mode; evaluation and generation see clean embeddings.
+    Returns the hook handle."""
+
+    def noisy(module, inputs, output):
+        if not module.training:
+            return output
+        bound = alpha / math.sqrt(output.size(-2) * output.size(-1))
+        return output + torch.empty_like(output).uniform_(-bound, bound)
+
+    return model.get_input_embeddings().register_forward_hook(noisy)
+
+
 def supervised_loss_sum(model, batch: dict[str, torch.Tensor], is_seq2seq: bool) -> torch.Tensor:
     """Summed cross-entropy over supervised tokens; the LM head runs only where labels are."""
     labels = batch["labels"]
@@ -239,6 +253,7 @@ def _save_trainer_state(path: Path, model, optimizer, scheduler, state: TrainSta
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             "rng_python": random.getstate(),
         },
         tmp / "trainer_state.pt",
@@ -273,6 +288,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
     tokenizer, is_seq2seq = loaded.tokenizer, loaded.is_seq2seq
     set_training_attention(loaded.model, tc.attention, device)
     model = apply_lora(loaded, config.model.lora).to(device)
+    if tc.neftune_alpha:
+        add_embedding_noise(model, tc.neftune_alpha)
     fmt = config.data.target_format
     encoded = [encode_example(tokenizer, example, is_seq2seq, fmt) for example in splits.train]
     lengths = [len(e.input_ids) + (len(e.labels) if is_seq2seq else 0) for e in encoded]
@@ -379,9 +396,14 @@ def _restore(checkpoint: Path, model, optimizer, scheduler, device) -> TrainStat
 
     weights = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"), device=str(device))
     set_peft_model_state_dict(model, weights)
-    saved = torch.load(checkpoint / "trainer_state.pt", map_location=device, weights_only=False)
+    # Loaded on the CPU: the RNG states must be CPU byte tensors (mapped onto a GPU, resuming
+    # there failed with "RNG state must be a torch.ByteTensor"), and the optimizer moves its
+    # state onto the parameters' device itself.
+    saved = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng_torch"])
+    if saved.get("rng_cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(saved["rng_cuda"])
     random.setstate(saved["rng_python"])
     return TrainState(**json.loads((checkpoint / "state.json").read_text()))

@@ -238,3 +238,35 @@ def test_training_attention_is_eager_on_a_cpu_unless_configured(tiny_llama_dir):
     assert implementation("sdpa", "cpu") == "sdpa"
     with pytest.raises(ConfigError, match="attention"):
         load_config(None, ["train.attention=flash"])
+
+
+def test_neftune_noise_is_bounded_and_only_while_training(tiny_llama_dir):
+    """NEFTune perturbs the input embeddings by at most alpha / sqrt(length x width) in training
+    mode; generation (eval mode) sees the clean embeddings; training with it still learns."""
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from brianft.train import add_embedding_noise
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    embeddings = model.get_input_embeddings()
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    clean = embeddings(ids).detach()
+    handle = add_embedding_noise(model, 5.0)
+    model.train()
+    noise = (embeddings(ids) - clean).abs()
+    bound = 5.0 / math.sqrt(ids.size(1) * clean.size(-1))
+    assert 0 < noise.max() <= bound + 1e-7
+    model.eval()
+    assert torch.equal(embeddings(ids), clean)
+    handle.remove()
+    with pytest.raises(ConfigError, match="neftune_alpha"):
+        load_config(None, ["train.neftune_alpha=-1"])
+
+
+def test_training_with_neftune_learns(tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_config(tiny_llama_dir, run_dir, "train.neftune_alpha=5", "train.test_eval=false"))
+    history = losses(run_dir)
+    assert sum(history[-4:]) / 4 < sum(history[:4]) / 4 * 0.9, history

@@ -190,7 +190,13 @@ class GenerationStream:
             Row(pending=prompt, draft=draft, redraft=redrafts[i] if redrafts else None, picker=pickers[i])
             for i, (prompt, draft) in enumerate(zip(prompts, draft_ids, strict=True))
         ]
-        for chunk in _chunks(prompts, self.max_rows, draft_ids):
+        # a packed first pass wastes nothing on unequal lengths: no need to cut batches by length
+        chunks = (
+            [range(i, min(i + self.max_rows, len(rows))) for i in range(0, len(rows), self.max_rows)]
+            if self.decoder.packs
+            else _chunks(prompts, self.max_rows, draft_ids)
+        )
+        for chunk in chunks:
             self.decoder.start([rows[i] for i in chunk])
         return [GenerationHandle(row, tokenizer) for row in rows]
 

@@ -46,10 +46,16 @@ class CountingBody(torch.nn.Module):
         self.body, self.calls = body, 0
 
         self.widest = 0  # most rows in one pass
+        self.shapes = []  # (rows, tokens) fed in each pass
+
+    @property
+    def config(self):  # the decoder packs first passes only for bodies whose attention takes 4D masks
+        return self.body.config
 
     def forward(self, **kwargs):
         self.calls += 1
         self.widest = max(self.widest, kwargs["input_ids"].shape[0])
+        self.shapes.append(tuple(kwargs["input_ids"].shape))
         return self.body(**kwargs)
 
 
@@ -58,6 +64,11 @@ def tiny(request):
     model, tokenizer = load(request.getfixturevalue(request.param))
     prompts = [encode_prompt(tokenizer, text, False) for text in REQUESTS]
     return model, tokenizer, prompts, reference(model, tokenizer, prompts)
+
+
+@pytest.fixture(params=[True, False], ids=["packed", "padded"])
+def pack(request):
+    return request.param
 
 
 def prefix_passes(prompts) -> int:
@@ -86,58 +97,61 @@ def run(model, tokenizer, prompts, drafts, **options):
     return out, counting
 
 
-def test_no_draft_equals_greedy_generate(tiny):
+def test_no_draft_equals_greedy_generate(tiny, pack):
     model, tokenizer, prompts, expected = tiny
-    out, counted = run(model, tokenizer, prompts, [[] for _ in prompts])
+    out, counted = run(model, tokenizer, prompts, [[] for _ in prompts], pack=pack)
     assert out == expected
     calls = counted.calls
     # one token per pass (EOS included), plus one pass over the prefix all prompts share
     assert calls == max(min(len(e) + 1, MAX_NEW) for e in expected) + prefix_passes(prompts)
 
 
-def test_right_draft_is_accepted_in_one_pass(tiny):
+def test_right_draft_is_accepted_in_one_pass(tiny, pack):
     model, tokenizer, prompts, expected = tiny
     drafts = [e + ([tokenizer.eos_token_id] if len(e) < MAX_NEW else []) for e in expected]
-    out, counted = run(model, tokenizer, prompts, drafts)
+    out, counted = run(model, tokenizer, prompts, drafts, pack=pack)
     assert out == expected
     assert counted.calls == 1 + prefix_passes(prompts)
 
 
-def test_wrong_or_partial_drafts_change_nothing_but_speed(tiny):
+def test_wrong_or_partial_drafts_change_nothing_but_speed(tiny, pack):
     model, tokenizer, prompts, expected = tiny
     wrong = [encode_target(tokenizer, "swap; token1=eth; amount=1") for _ in prompts]
     partial = [e[: len(e) // 2] + [5, 6, 7] + e[len(e) // 2 :] for e in expected]  # right, wrong, then right again
     for drafts in (wrong, partial):
-        out, _ = run(model, tokenizer, prompts, drafts)
+        out, _ = run(model, tokenizer, prompts, drafts, pack=pack)
         assert out == expected
-    _, partial_run = run(model, tokenizer, prompts, partial)
-    _, undrafted_run = run(model, tokenizer, prompts, [[] for _ in prompts])
+    _, partial_run = run(model, tokenizer, prompts, partial, pack=pack)
+    _, undrafted_run = run(model, tokenizer, prompts, [[] for _ in prompts], pack=pack)
     assert partial_run.calls < undrafted_run.calls  # the draft resynchronises after the inserted tokens
 
 
-def test_batches_pool_their_unfinished_rows(tiny):
+def test_batches_pool_their_unfinished_rows(tiny, pack):
     """Rows a batch's first pass leaves unfinished share later passes with other batches' rows,
     never more than `max_rows` at once, and every output stays the model's greedy output."""
     model, tokenizer, prompts, expected = tiny
     drafts = [e[:2] + [5, 6, 7] for e in expected]  # right, then wrong: every row straggles
     batches = [[3], [0, 2], [1]]
-    one_by_one = [run(model, tokenizer, [prompts[i] for i in b], [drafts[i] for i in b])[1].calls for b in batches]
+    one_by_one = [
+        run(model, tokenizer, [prompts[i] for i in b], [drafts[i] for i in b], pack=pack)[1].calls for b in batches
+    ]
     for max_rows in (1, 2, 3, 4):
-        out, pooled = run(model, tokenizer, prompts, drafts, batches=batches, max_rows=max_rows)
+        out, pooled = run(model, tokenizer, prompts, drafts, batches=batches, max_rows=max_rows, pack=pack)
         assert out == expected
         assert pooled.widest <= max(max_rows, 2)  # a batch of two starts whole, then waits for room
     if max(len(e) for e in expected) > 3:
         assert pooled.calls < sum(one_by_one)
 
 
-def test_rows_admitted_while_others_decode_get_the_greedy_output(tiny):
+def test_rows_admitted_while_others_decode_get_the_greedy_output(tiny, pack):
     """Continuous batching: rows start while earlier ones are still in the pool, and each row is
     final (done, greedy) as soon as it finishes, before the rows admitted after it."""
     model, tokenizer, prompts, expected = tiny
     body, head = backbone_and_head(model)
     decoder = DraftVerifyDecoder(
-        body, head, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=MAX_NEW, max_rows=2
-    )
+        body, head, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=MAX_NEW, max_rows=2,
+        pack=pack,
+    )  # fmt: skip
     right = [e + [tokenizer.eos_token_id] if len(e) < MAX_NEW else e for e in expected]
     drafts = [right[0], expected[1][:1] + [5, 6], right[2], []]  # rows 1 and 3 straggle
     rows = [Row(pending=list(p), draft=d) for p, d in zip(prompts, drafts, strict=True)]
@@ -181,10 +195,10 @@ def test_the_shared_prefix_is_computed_once_and_cut_back_when_prompts_share_less
     assert prefix.ids == other[0][:-1]
 
 
-def test_max_new_tokens_is_respected(tiny):
+def test_max_new_tokens_is_respected(tiny, pack):
     model, tokenizer, prompts, _ = tiny
     long_draft = [list(range(10, 10 + 3 * MAX_NEW)) for _ in prompts]
-    out, _ = run(model, tokenizer, prompts, long_draft)
+    out, _ = run(model, tokenizer, prompts, long_draft, pack=pack)
     assert all(len(tokens) <= MAX_NEW for tokens in out)
 
 
@@ -244,3 +258,26 @@ def test_text_redraft_lines_up_text_not_tokens(tiny_llama_dir):
     row = Row(pending=[], draft=ids("balance"), redraft=redraft, generated=ids("unstake"))
     assert tokenizer.decode(_propose(row)) == tokenizer.decode(redraft(ids("unstake"))[:8])
     assert _propose(Row(pending=[], draft=[], generated=ids("xyz"))) == []
+
+
+def test_first_pass_packs_requests_end_to_end(tiny):
+    """Packed, the first pass feeds the four requests and their drafts in fewer rows than
+    requests, with no row wider than the longest request or `PACKED_ROW_TOKENS`; the outputs are
+    the model's greedy ones under both attention implementations that take a 4D mask."""
+    from brianft.drafting import PACKED_ROW_TOKENS
+
+    model, tokenizer, prompts, expected = tiny
+    drafts = [e + ([tokenizer.eos_token_id] if len(e) < MAX_NEW else []) for e in expected]
+    for implementation in ("sdpa", "eager"):
+        model.set_attn_implementation(implementation)
+        body, head = backbone_and_head(model)
+        counting = CountingBody(body)
+        out = draft_verify_generate(
+            counting, head, prompts, drafts, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+            max_new_tokens=MAX_NEW,
+        )  # fmt: skip
+        assert out == expected, implementation
+        shapes = counting.shapes
+        first = shapes[prefix_passes(prompts)]
+        longest = max(len(p) + len(d) for p, d in zip(prompts, drafts, strict=True))
+        assert first[0] < len(prompts) and first[1] <= max(longest, PACKED_ROW_TOKENS), shapes

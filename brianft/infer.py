@@ -137,9 +137,10 @@ class GenerationHandle:
 class GenerationStream:
     """Greedy draft-and-verify generation that admits new requests while earlier ones are still
     decoding (continuous batching). `add` runs one pass over the new requests (batches of at
-    most `max_rows`, cut by length); the rows it leaves unfinished join a pool that `step`
-    advances by one pass. A request whose draft was right is done after `add`, without waiting
-    for anyone's tail: that is what a server gains over running one batch to its end.
+    most `max_rows`; packed, or cut by length where the model cannot pack); the rows it leaves
+    unfinished join a pool that `step` advances by one pass. A request whose draft was right is
+    done after `add`, without waiting for anyone's tail: that is what a server gains over
+    running one batch to its end.
 
     For decoder-only models whose body and head can be separated (`for_model` returns None
     otherwise), with LoRA already merged (`prepare_for_inference`, or `merged_lora`).
@@ -190,7 +191,7 @@ class GenerationStream:
             Row(pending=prompt, draft=draft, redraft=redrafts[i] if redrafts else None, picker=pickers[i])
             for i, (prompt, draft) in enumerate(zip(prompts, draft_ids, strict=True))
         ]
-        # a packed first pass wastes nothing on unequal lengths: no need to cut batches by length
+        # a packed first pass wastes little on unequal lengths: batches need no cutting by length
         chunks = (
             [range(i, min(i + self.max_rows, len(rows))) for i in range(0, len(rows), self.max_rows)]
             if self.decoder.packs

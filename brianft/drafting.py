@@ -281,14 +281,14 @@ def _packed_first_pass(
         segment[p, column:] = len(rows) + p  # padding attends to itself only: no empty softmax row
     visible = (segment[:, :, None] == segment[:, None, :]) & torch.ones(width, width, dtype=torch.bool).tril()
     visible = torch.cat([torch.ones(len(packs), width, shared, dtype=torch.bool), visible], dim=2)[:, None]
+    cache = prefix.copies(len(packs))
     hidden = body(
         input_ids=ids.to(device),
         attention_mask=_attention_mask(body, visible.to(device)),
         position_ids=positions.to(device),
-        cache=prefix.copies(len(packs)),
+        cache=cache,
         use_cache=True,
-    )
-    cache, hidden = hidden.past_key_values, hidden.last_hidden_state
+    ).last_hidden_state
     counts = [len(proposal) + 1 for proposal in proposals]
     choices = _choices_at(
         head,

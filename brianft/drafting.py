@@ -195,11 +195,6 @@ class PrefixCache:
         self.ids: list[int] = []
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values of one row
 
-    def cache_for(self, body: torch.nn.Module, prompts: Sequence[list[int]], device) -> tuple[int, DynamicCache]:
-        """How many leading tokens of `prompts` are in the returned cache (one row per prompt)."""
-        shared = self.sync(body, prompts, device)
-        return shared, self.copies(len(prompts))
-
     def sync(self, body: torch.nn.Module, prompts: Sequence[list[int]], device) -> int:
         """Make the cache hold the longest prefix of the cached one that `prompts` all share
         (computing it if there is none yet); return its length."""
@@ -229,13 +224,20 @@ class PrefixCache:
         self.ids, self.layers = list(ids), [(layer.keys, layer.values) for layer in cache.layers]
 
 
+def _take_prefix(body: torch.nn.Module, rows: list[Row], device, prefix: PrefixCache) -> int:
+    """Bring `prefix` to the opening that the fresh rows' prompts share and take it off what
+    each row has still to feed; return its length."""
+    shared = prefix.sync(body, [row.pending for row in rows], device)
+    for row in rows:
+        row.pending, row.seen = row.pending[shared:], shared
+    return shared
+
+
 def _start(body: torch.nn.Module, rows: list[Row], device, prefix: PrefixCache) -> _Batch:
     """A batch of fresh rows (`pending` = the whole prompt), with the prefix their prompts share
     already in its cache: computed once per `prefix` cache, then copied to every row."""
-    shared, cache = prefix.cache_for(body, [row.pending for row in rows], device)
-    for row in rows:
-        row.pending, row.seen = row.pending[shared:], shared
-    return _Batch(rows, cache, torch.ones((len(rows), shared), dtype=torch.long, device=device))
+    shared = _take_prefix(body, rows, device, prefix)
+    return _Batch(rows, prefix.copies(len(rows)), torch.ones((len(rows), shared), dtype=torch.long, device=device))
 
 
 def _packed_first_pass(
@@ -256,9 +258,7 @@ def _packed_first_pass(
     the usual layout (one row each, left-padded) to decode on. Why: the first pass is most of
     the cost of a batch on a CPU, and padding requests of unequal length to a rectangle spent a
     fifth of it on padding; cutting batches by length instead cost more passes."""
-    shared = prefix.sync(body, [row.pending for row in rows], device)
-    for row in rows:
-        row.pending, row.seen = row.pending[shared:], shared
+    shared = _take_prefix(body, rows, device, prefix)
     proposals = [_propose(row) for row in rows]
     feeds = [row.pending + proposal for row, proposal in zip(rows, proposals, strict=True)]
     lengths = [len(feed) for feed in feeds]

@@ -49,22 +49,28 @@ _VERBS: dict[str, str] = {
     **dict.fromkeys(("convert", "change", "turn"), "convert"),
     **dict.fromkeys(("buy", "purchase", "acquire"), "buy"),
     **dict.fromkeys(("get", "grab"), "get"),
-    **dict.fromkeys(("bridge", "port"), "bridge"),
+    **dict.fromkeys(("bridge", "port", "teleport", "bring"), "bridge"),
     **dict.fromkeys(
         ("send", "snd", "transfer", "move", "wire", "tip", "shoot", "forward", "gift", "drop", "refund", "reimburse"),
         "send",
     ),
+    **dict.fromkeys(("fire", "zap", "push"), "send"),  # "fire 5 dai off to bob.eth", "zap it over"
     **dict.fromkeys(("approve", "allow", "authorize", "authorise", "grant", "let"), "approve"),
     **dict.fromkeys(("wrap", "wrp"), "wrap"),
     "unwrap": "unwrap",
     **dict.fromkeys(("deposit", "supply", "lend", "put", "add", "provide"), "deposit"),
     **dict.fromkeys(("withdraw", "remove", "redeem", "pull"), "withdraw"),
     "borrow": "borrow",
-    "repay": "repay",
+    **dict.fromkeys(("repay", "clear"), "repay"),
     **dict.fromkeys(("stake", "restake"), "stake"),
-    "unstake": "unstake",
-    # resolved with the next words: "pay back", "give ... approval", "take a loan", "make a swap" ...
-    **{verb: verb for verb in ("pay", "give", "take", "set", "settle", "use", "make")},
+    **dict.fromkeys(("unstake", "unbond", "undelegate", "unlock", "exit", "release"), "unstake"),
+    # resolved with the next words: "pay back", "give ... approval", "take a loan", "make a swap",
+    # "start staking", "open a loan", "ape into", "spend 5 dai buying", "raise the allowance" ...
+    **{
+        verb: verb
+        for verb in ("pay", "give", "take", "set", "settle", "use", "make", "start", "stop", "open", "ape", "spend")
+    },
+    **dict.fromkeys(("raise", "increase"), "raise"),
 }
 # Long, distinctive verbs also match at any one edit ("widthdraw", "brige", "trasnfer").
 _LONG_VERBS = (
@@ -85,7 +91,8 @@ _WEAK_VERBS = frozenset(
     {
         "drop", "turn", "change", "add", "let", "take", "get", "grab", "give", "pay", "set", "move", "put",
         "use", "make", "settle", "pull", "remove", "shoot", "forward", "gift", "cash", "port", "flip", "dump",
-        "allow", "grant", "provide", "offload", "refund",
+        "allow", "grant", "provide", "offload", "refund", "fire", "push", "bring", "clear", "release", "exit",
+        "unlock", "open", "start", "stop", "spend", "raise", "increase",
     }
 )  # fmt: skip
 # After a verb, these make it a noun: "swap is cheaper on uniswap?", "bridge fees are high", "sell or hold?"
@@ -104,7 +111,7 @@ _PREFIX_WORDS = frozenset(
         "pls", "please", "plz", "kindly", "hey", "yo", "hi", "hello", "ok", "okay", "so", "just", "now",
         "also", "and", "then", "can", "could", "would", "you", "u", "ya", "i", "i'd", "id", "i'm", "im",
         "we", "want", "wanna", "like", "to", "need", "let's", "lets", "liquid", "quickly", "ser", "help",
-        "me", "go", "ahead", "try", "um", "uh", "hmm", "erm", "ah", "oh", "gm", "gn", "lol",
+        "me", "go", "ahead", "try", "um", "uh", "hmm", "erm", "ah", "oh", "gm", "gn", "lol", "natively",
     }
 )  # fmt: skip
 
@@ -136,14 +143,20 @@ _NOT_TOKENS = frozenset(
         "thanks", "thank", "ty", "lol", "real", "quick", "slippage", "price", "same", "again", "more", "less",
         "too", "very", "amount", "everything", "entire", "whole", "full", "lent", "mine", "paying", "receive",
         "arrival", "spender", "mainnet", "chain", "network", "l1", "l2", "base", "all", "max", "payment", "pay",
+        "staking", "list", "number", "existence", "minted", "should", "credit", "plain", "form", "version", "work",
+        "buying", "wrapped", "unwrapped", "count", "across",
     }
 )  # fmt: skip
 
-_TOTAL_SUPPLY_QUESTION = re.compile(r"\bho?w\s+(?:much|many)\b.*\b(?:in\s+total|exists?|are\s+there)\b")
+_TOTAL_SUPPLY_QUESTION = re.compile(
+    r"\bho?w\s+(?:much|many)\b.*\b(?:in\s+total|exists?|are\s+there|been\s+minted)\b"
+    r"|\bin\s+existence\b|\bcount\b.*\bexists?\b"
+)
 _BALANCE_QUESTION = re.compile(
     r"\bho?w\s+(?:much|many)\b.*\b(?:have|hold|holds|own|owns|got)\b"
     r"|\bin\s+my\s+wallet\b|\bdo\s+i\s+(?:still\s+)?(?:have|hold|own)\b|\bwhat\s+does\b.*\b(?:hold|own|have)\b"
 )
+_REPAY_IT = re.compile(r"\b(?:pay|return|repay)\s+(?:it|them)\b")  # "i borrowed 5 dai on aave, pay it back"
 _BALANCE_WORDS = ("balance", "balances", "bal", "holdings")
 _APPROVAL_WORDS = frozenset({"approval", "permission", "allowance", "approve"})
 # "give aave unlimited approval for my usdt": after these verbs the spender comes first.
@@ -368,7 +381,7 @@ class RulesExtractor:
         steps: list[_Step] = []
         for words in _clauses(_words(request, self._keep_whole)):
             step = self._read_clause(request, words, steps)
-            if step is None:
+            if step is None or _repeats(step, steps):
                 continue
             if step.continued and steps and steps[-1].open and steps[-1].action is not None:
                 steps[-1] = _merge(steps[-1], step)  # "make a swap: 1 eth to usdc"
@@ -387,16 +400,24 @@ class RulesExtractor:
     def _read_clause(self, request: str, words: list[_Word], steps: list[_Step]) -> _Step | None:
         keys = [w.key for w in words]
         previous = next((s for s in reversed(steps) if s.action is not None), None)
-        if steps and steps[-1].open and self._find_verb(words) is None:
+        verb = self._find_verb(words)
+        if steps and steps[-1].open and verb is None:
             step = self._continuation(request, words, previous)
             if step is not None and step.continued:
                 return step  # "settle up with bob.eth: the entire balance of brett"
+        opened = steps[-1] if steps and steps[-1].open and not steps[-1].fields else None
+        if opened is not None and opened.reading is not None and verb is not None:
+            family, action = opened.reading  # "i want to stop staking: unlock 5 reth"
+            clause = self._scan(request, _Clause(words, verb[1]), family)
+            return replace(self._assemble(request, clause, family, action), continued=True)
         if _is_total_supply(keys):
             return self._read(request, _Clause(words, 0), Action.TOTAL_SUPPLY)
-        verb = self._find_verb(words)
         if verb is not None and previous is not None and self._complete_previous(request, words, previous):
             return None  # "... and get ldo", "... and pay with tbtc"
-        if verb is not None and not (verb[0] == "get" and _is_balance(keys)) and not _noun_use(words, verb[1]):
+        if verb is not None and verb[0] == "raise" and steps and steps[-1].reading == ("approve", Action.APPROVE):
+            return self._assemble(request, self._scan(request, _Clause(words, verb[1]), "approve"), "approve", None)
+        balance_verb = verb is not None and verb[0] in ("get", "give") and _is_balance(keys)  # "give me my balances"
+        if verb is not None and not balance_verb and not _noun_use(words, verb[1]):
             reading = _classify(verb[0], words, verb[1])
             if reading is not None:
                 family, action, start = reading
@@ -405,11 +426,13 @@ class RulesExtractor:
                 if not weak or self._evidence(clause):
                     return self._assemble(request, clause, family, action)
                 return None
+        if verb is None and (step := self._recipient_first(request, words)):
+            return step
         if _is_balance(keys):
             return self._read(request, _Clause(words, 0), Action.BALANCE)
         if previous is not None and self._complete_previous(request, words, previous):
             return None
-        if verb is None and (step := self._after_need(request, words)):
+        if verb is None and (step := self._after_need(request, words) or self._borrowed(request, words)):
             return step
         return self._continuation(request, words, previous)
 
@@ -449,8 +472,16 @@ class RulesExtractor:
         return True
 
     def _continuation(self, request: str, words: list[_Word], previous: _Step | None) -> _Step | None:
-        """A clause without a verb: the previous action again ('... and 2 dai to bob.eth'), a bare
-        swap ('20 usdc -> wbtc'), chains for what follows ('on base: ...'), or nothing."""
+        """A clause without a verb: the previous action again ('... and 2 dai to bob.eth'), its
+        amount ('eth -> weth, amount 2'), a bare swap ('20 usdc -> wbtc'), chains or a protocol or
+        token for what follows ('on base: ...', 'from aave, ...'), or nothing."""
+        start = self._after_prefix(words)
+        if previous is not None and start < len(words) and words[start].low == "amount":
+            clause = self._scan(request, _Clause(words, start + 1), "bridge")
+            for name, mention in (("amount", clause.first("amount")), ("chain", clause.first("chain"))):
+                if mention is not None and name in ALLOWED_FIELDS[previous.action]:
+                    previous.fields.setdefault(name, mention.raw)
+            return None
         if previous is not None and previous.reading is not None:
             family, action = previous.reading
             clause = self._scan(request, _Clause(words, 0), family)
@@ -467,27 +498,80 @@ class RulesExtractor:
         bare_swap = target is not None and source is not None and source is not target and source.amount is not None
         if bare_swap and (arrow or starts_with_amount):
             return self._assemble(request, clause, "swap", Action.SWAP)  # "20 usdc -> wbtc on polygon"
+        if arrow and target is not None and source is not None and source is not target and words[-1].stop:
+            return self._assemble(request, clause, "swap", Action.SWAP)  # "eth -> weth, amount 2"
         clause = self._scan(request, _Clause(words, 0), "bridge")
         if clause.mentions and all(m.kind == "chain" for m in clause.mentions):
             fields: dict[str, str] = {}
             _put(fields, "chain", clause.first("chain", skip=("to",)))
             _put(fields, "dest_chain", clause.first("chain", cues=("to",)))
             return _Step(None, fields)
-        return None
+        return self._topic(request, words) if words[-1].stop else None
+
+    def _topic(self, request: str, words: list[_Word]) -> _Step | None:
+        """A clause that only names what the next one acts on: 'from spark, remove 5 usdc', 'my
+        morpho loan: pay back 1k dai', 'dai: how many were minted?', 'uniswap needs a bigger
+        allowance, raise it to 1k uni'."""
+        start = self._after_prefix(words)
+        if "allowance" in {w.low for w in words}:
+            clause = self._scan(request, _Clause(words, start), "approve")
+            spender = clause.mentions[0] if clause.mentions and clause.mentions[0].index == start else None
+            if spender is None or spender.kind not in ("protocol", "token") or spender.amount is not None:
+                return None
+            name = spender.raw if spender.kind == "protocol" else _whole_name(request, clause, spender)
+            return _Step(None, {"protocol": name}, reading=("approve", Action.APPROVE))
+        clause = self._scan(request, _Clause(words, start), "lending")
+        kinds = {m.kind for m in clause.mentions}
+        fields: dict[str, str] = {}
+        if "protocol" in kinds and kinds <= {"protocol", "chain"}:
+            _put(fields, "protocol", clause.first("protocol"))
+            _put(fields, "chain", clause.first("chain"))
+        elif len(clause.mentions) == 1 and kinds == {"token"} and words[-1].stop == ":":
+            _put(fields, "token1", clause.mentions[0])  # "dai: how many were minted?"
+        elif len(clause.mentions) == 1 and kinds == {"address"} and start and words[start - 1].low == "to":
+            _put(fields, "address", clause.mentions[0])  # "to bob.eth: wire 5 dai"
+        return _Step(None, fields) if fields else None
 
     def _after_need(self, request: str, words: list[_Word]) -> _Step | None:
-        """'i need 5 brett moved from polygon to base': the action is a participle."""
+        """'i need 5 brett moved from polygon to base': the action is a participle; or what is
+        needed names it: 'i need a loan of 5 dai', 'i want plain eth from 2 weth', 'i want 5
+        usdc back from aave'."""
         start = self._after_prefix(words)
-        if not any(_like(w.low, need) for w in words[:start] for need in ("need", "want", "wanna")):
+        if not any(_like(w.low, need) for w in words[:start] for need in ("need", "want", "wanna", "like")):
             return None
-        verb = next((_PARTICIPLES[w.low] for w in words[start:] if w.low in _PARTICIPLES), None)
-        if verb is None:
+        rest = [w.low for w in words[start:] if w.low not in ("a", "an")]
+        wanted = rest[0] if rest else ""
+        if wanted in ("loan", "credit"):
+            family, action = "lending", Action.BORROW
+        elif wanted in ("plain", "weth", "wrapped") and (source := _after_source_cue(words, start)) > start:
+            family, action, start = "wrap", Action.UNWRAP if wanted == "plain" else Action.WRAP, source
+        elif "back" in rest and "from" in rest:
+            family, action = "lending", Action.WITHDRAW
+        elif verb := next((_PARTICIPLES[w.low] for w in words[start:] if w.low in _PARTICIPLES), None):
+            reading = _classify(verb, words, start)
+            if reading is None:
+                return None
+            family, action, _ = reading
+        else:
             return None
-        reading = _classify(verb, words, start)
-        if reading is None:
-            return None
-        family, action, _ = reading
         return self._assemble(request, self._scan(request, _Clause(words, start), family), family, action)
+
+    def _recipient_first(self, request: str, words: list[_Word]) -> _Step | None:
+        """'bob.eth should get 5 dai, shoot it over': a transfer, the recipient named first."""
+        start = self._after_prefix(words)
+        if [w.low for w in words[start + 1 : start + 3]] != ["should", "get"]:
+            return None
+        if not self._is_address(request[words[start].start : words[start].value_end]):
+            return None
+        return self._assemble(request, self._scan(request, _Clause(words, start), "send"), "send", None)
+
+    def _borrowed(self, request: str, words: list[_Word]) -> _Step | None:
+        """'i borrowed 5 dai from aave, pay it back': the loan the clause describes is repaid."""
+        start = self._after_prefix(words)
+        if start >= len(words) or words[start].low != "borrowed" or not _REPAY_IT.search(request.lower()):
+            return None
+        clause = self._scan(request, _Clause(words, start + 1), "lending")
+        return self._assemble(request, clause, "lending", Action.REPAY)
 
     def _after_prefix(self, words: list[_Word]) -> int:
         """Index of the first word after 'pls', 'i need', emoji and the like."""
@@ -574,8 +658,8 @@ class RulesExtractor:
             return cue == "on"  # "swap on uniswap": read, and dropped (swaps take no protocol)
         if family == "approve" or cue not in ("verb", ""):
             return True
-        following = words[index + 1].low if index + 1 < len(words) else ""
-        return following in ("loan", "debt", "position", "vault", "stake", "deposit")
+        following = {w.low for w in words[index + 1 : index + 4]}  # "my compound iii debt"
+        return bool(following & {"loan", "debt", "position", "vault", "stake", "deposit"})
 
     def _chain_after_with(self, clause: _Clause, family: str) -> bool:
         """'swap dai for gho using polygon': a chain, once the tokens are known ('buy 1 eth with
@@ -741,14 +825,20 @@ class RulesExtractor:
         chain: str | None = None
         destination: str | None = None  # "from polygon to scroll: bridge 100 uni"
         protocol: str | None = None
+        topic: dict[str, str] = {}  # what a clause without an action named for the next step
         previous: tuple[Action, dict[str, str]] | None = None
         intents: list[dict[str, str]] = []
         for step in steps:
             fields = dict(step.fields)
             if step.action is None:
                 chain, destination = fields.get("chain", chain), fields.get("dest_chain")
+                topic = fields
                 continue
             allowed = ALLOWED_FIELDS[step.action]
+            for name in ("protocol", "token1", "address"):  # "from aave, withdraw 5 dai", "dai: how many exist?"
+                if name in topic and name in allowed:
+                    fields.setdefault(name, topic[name])
+            topic = {}
             if "chain" in fields:
                 chain = fields["chain"]
             elif chain is not None and "chain" in allowed:
@@ -786,6 +876,11 @@ class RulesExtractor:
 # --------------------------------------------------------------------------- clause helpers
 
 
+def _repeats(step: _Step, steps: list[_Step]) -> bool:
+    """'supply 5 eth to venus and lend it out': the same action again, with nothing of its own."""
+    return bool(steps) and step.action is not None and step.action is steps[-1].action and not step.fields
+
+
 def _noun_use(words: list[_Word], after_verb: int) -> bool:
     return after_verb < len(words) and words[after_verb].low in _NOUN_USE
 
@@ -796,6 +891,8 @@ def _is_total_supply(keys: list[str]) -> bool:
         following = keys[i + 2] if keys[i + 1] == "token" and i + 2 < len(keys) else keys[i + 1]
         if _like(key, "total") and _like(following, "supply"):
             return True
+    if "big" in keys and any(_like(key, "supply") for key in keys):
+        return True  # "how big is shib's supply?"
     return bool(_TOTAL_SUPPLY_QUESTION.search(" ".join(keys)))
 
 
@@ -838,12 +935,14 @@ def _classify(verb: str, words: list[_Word], start: int) -> tuple[str, Action | 
     lows = {w.low for w in words}
     rest = [w.low for w in words[start:] if w.low not in ("a", "an", "the")]
     following = rest[0] if rest else ""
+    if verb == "make" and following in ("weth", "wrapped"):  # "make weth out of 1 eth"
+        return "wrap", Action.WRAP, _after_source_cue(words, start)
     if verb == "make":  # "make a swap: ...", "make a payment of 8 dai to sam.eth"
         noun = next((cls for name, cls in _VERB_NOUNS.items() if _like(following, name)), None)
         at = next(i for i in range(start, len(words)) if words[i].low == following) if noun else 0
         return _classify(noun, words, at + 1) if noun else None
     if verb == "pay":
-        if following in ("back", "off"):
+        if following in ("back", "off", "down"):
             return "lending", Action.REPAY, start + 1
         return "send", None, start
     if verb == "settle":  # "settle 2,250 usdt of my debt", but "settle up with bob.eth: 100 dai"
@@ -859,15 +958,28 @@ def _classify(verb: str, words: list[_Word], start: int) -> tuple[str, Action | 
     if verb == "take":
         if "loan" in lows:
             return "lending", Action.BORROW, start
+        if "stake" in lows:
+            return "stake", Action.UNSTAKE, start  # "take 5 eth out of my stake on lido"
         if {"from", "to"} <= lows and "out" not in lows:
             return "bridge", Action.BRIDGE, start  # "take 50 pepe from ethereum to op mainnet"
         return "lending", Action.WITHDRAW, start
     if verb == "get":
-        if lows & {"out", "back"}:
-            return "lending", Action.WITHDRAW, start  # "get my 10 link back out of aave"
-        if {"from", "to"} <= lows:
-            return "bridge", Action.BRIDGE, start  # "get 0.1 eth from base over to arbitrum"
-        return "buy", Action.SWAP, start
+        return _classify_get(words, start, lows)
+    if verb in ("start", "stop"):  # "start staking 5 eth", "i want to stop staking: exit 5 steth"
+        staking = following in ("staking", "stake")
+        return ("stake", Action.STAKE if verb == "start" else Action.UNSTAKE, start + 1) if staking else None
+    if verb == "open":  # "open a loan on spark for 14 weth"
+        return ("lending", Action.BORROW, start) if lows & {"loan", "credit"} else None
+    if verb == "ape":  # "ape into pepe with 50 usdc": buy the token after "into", pay "with"
+        return ("buy", Action.SWAP, start + 1) if following in ("into", "in") else None
+    if verb == "spend":  # "spend 1000 pepe buying tbtc"
+        return ("buy_using", Action.SWAP, start) if "buying" in lows else None
+    if verb == "raise":  # "... needs a bigger allowance, raise it to 1k uni": see _read_clause
+        return ("approve", Action.APPROVE, start) if "allowance" in lows else None
+    if verb == "convert" and (form := _wrap_form(lows)):
+        return "wrap", form, start  # "turn 2 weth back into its unwrapped form"
+    if verb == "deposit" and words[start - 1].low == "put" and "work" in lows:
+        return "stake", Action.STAKE, start  # "put 1 eth to work on lido"
     if verb == "swap" and following == "out" and words[start - 1].low == "cash":
         start += 1  # "cash out 100 mkr to pepe"
     family, action = {
@@ -887,6 +999,37 @@ def _classify(verb: str, words: list[_Word], start: int) -> tuple[str, Action | 
         "unstake": ("stake", Action.UNSTAKE),
     }[verb]
     return family, action, start
+
+
+def _classify_get(words: list[_Word], start: int, lows: set[str]) -> tuple[str, Action | None, int]:
+    """'get' is a wrap, an unwrap, a loan, a withdrawal, a bridge or a purchase by what follows."""
+    if form := _wrap_form(lows, participle=True):
+        return "wrap", form, start  # "get 100 eth wrapped up", "get 2 weth unwrapped"
+    if lows & {"loan", "credit"}:
+        return "lending", Action.BORROW, start  # "get 2.5k lusd as a loan from moonwell"
+    if lows & {"out", "back"}:
+        return "lending", Action.WITHDRAW, start  # "get my 10 link back out of aave"
+    if "from" in lows and lows & {"to", "into", "onto"}:
+        return "bridge", Action.BRIDGE, start  # "get 0.1 eth from base over to arbitrum"
+    return "buy", Action.SWAP, start
+
+
+def _wrap_form(lows: set[str], participle: bool = False) -> Action | None:
+    """'into its (un)wrapped form / version', or a trailing participle ('get 2 eth wrapped up')."""
+    if not participle and not lows & {"form", "version"}:
+        return None
+    if "unwrapped" in lows:
+        return Action.UNWRAP
+    return Action.WRAP if "wrapped" in lows and (not participle or lows & {"up", "form", "version"}) else None
+
+
+def _after_source_cue(words: list[_Word], start: int) -> int:
+    """Index after 'from' / 'out of' ('make weth out of 2 eth'): where the source token is written
+    (`start` when there is none)."""
+    for index in range(start, len(words)):
+        if words[index].low == "from" or (words[index].low == "of" and words[index - 1].low == "out"):
+            return index + 1
+    return start
 
 
 def _put(fields: dict[str, str], name: str, mention: _Mention | None) -> None:

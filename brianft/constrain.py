@@ -271,7 +271,9 @@ class ConstrainedPicker:
         """The first of `candidates` (the model's best tokens, best first) that keeps the output
         valid; else, when the logits `scores` are given, the best-scored token that does among
         those the output can be made of. Inside an action or field name, a `draft` token (the
-        rule-based guess) at most `name_tiebreak` nats less likely than that choice is taken instead."""
+        rule-based guess) at most `name_tiebreak` nats less likely than that choice is taken instead; so
+        is a drafted end of a value (another field, another intent, or the end) where the model's choice
+        also ends the value there."""
         if self.gave_up:
             return candidates[0]
         text = self._text(generated)
@@ -292,10 +294,19 @@ class ConstrainedPicker:
         return candidates[0]
 
     def _tiebreak(self, text: str, generated: list[int], choice: int, draft: int | None, scores) -> int:
-        if draft is None or draft == choice or scores is None or self.name_tiebreak <= 0 or not _in_name(text):
+        if draft is None or draft == choice or scores is None or self.name_tiebreak <= 0:
+            return choice
+        if not (_in_name(text) or self._structural(choice) and self._structural(draft)):
             return choice
         close = float(scores[choice]) - float(scores[draft]) <= self.name_tiebreak
         return draft if close and self._fits(text, generated, draft) else choice
+
+    def _structural(self, token: int) -> bool:
+        """Whether `token` only ends a value: another field (';'), another intent (a new line) or
+        the output. Choosing among those says which fields and intents there are, not what they hold."""
+        if token == self.eos_id:
+            return True
+        return self._text([token]).lstrip(" ")[:1] in (FIELD_SEPARATOR.strip(), "\n")
 
     def _fits(self, text: str, generated: list[int], token: int) -> bool:
         if token == self.eos_id:

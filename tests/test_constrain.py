@@ -207,6 +207,22 @@ def test_a_close_draft_field_name_wins_but_values_stay_the_models(spans):
     ]  # fmt: skip
 
 
+def test_a_close_draft_end_of_value_wins_but_never_cuts_a_value(spans):
+    picker = ConstrainedPicker(ScriptedTokenizer(), grammar("swap eth for usdc", spans), eos_id=0)
+    scores = torch.zeros(len(ScriptedTokenizer.WORDS))
+    scores[2] = -(NAME_TIEBREAK_NATS - 0.1)
+    swap_eth = [1, 2, 3, 4, 5]  # "swap; token1=eth"
+    assert picker.pick(swap_eth, [0, 2], scores, draft=2) == 2  # the draft has another field: ";"
+    scores[2] = -(NAME_TIEBREAK_NATS + 0.1)
+    assert picker.pick(swap_eth, [0, 2], scores, draft=2) == 0  # not close: the model ends there
+    scores[0] = -1.0
+    assert picker.pick(swap_eth, [2, 0], scores, draft=0) == 0  # the draft ends where the model goes on
+    # where the model writes a value, a drafted end is no alternative, however close
+    assert picker.pick([1, 2, 3, 4], [5, 2], torch.zeros(12), draft=2) == 5
+    assert not picker._structural(5) and all(picker._structural(t) for t in (0, 2, 10))
+    assert picker.overrides == []
+
+
 def test_picker_takes_the_best_valid_token_and_notes_the_override(spans):
     picker = ConstrainedPicker(ScriptedTokenizer(), grammar("swap 1 eth for usdc", spans), eos_id=0)
     assert picker.pick([], [1, 2]) == 1 and picker.overrides == []

@@ -31,12 +31,13 @@ from brianft.schema import ALLOWED_FIELDS, FIELDS, Action
 from brianft.target import FIELD_SEPARATOR, NO_INTENT, SLOT_FIELDS, SLOT_SEPARATOR, TargetFormat
 
 TOP_K = 32
-# How much less likely (in nats) than the model's choice a draft's action or field name may be
-# and still be written. On requests whose sentence structure training never saw, the model's
-# wrong action or field was mostly a close second to the right one, and the rule-based draft
-# named the right one ("lend" -> deposit, "weth -> eth" -> unwrap, "over to scroll" ->
-# dest_chain). Values stay the model's. Chosen on the validation split (docs/BENCHMARKS.md).
-NAME_TIEBREAK_NATS = 2.0
+# How much less likely (in nats) than the model's choice a drafted token may be and still be
+# written. On requests whose sentence structure training never saw, the model's wrong action,
+# field or intent count was mostly a close second to the right one, and the rule-based draft
+# had the right one ("lend" -> deposit, "weth -> eth" -> unwrap, "over to scroll" -> dest_chain,
+# a second intent after "and"). Chosen on the validation split for names (docs/BENCHMARKS.md);
+# the grammar still holds, so a drafted value is a span of the request like the model's.
+DRAFT_TIEBREAK_NATS = 2.0
 MAX_VALUE_WORDS = 6
 _ACTIONS = tuple(a.value for a in Action)
 _FIELD_ORDER = {name: index for index, name in enumerate(FIELDS)}
@@ -240,15 +241,6 @@ def _known_names(candidates: list[_Candidate], spans: SpanFinder) -> list[tuple[
     return [(c.start, c.end) for c in candidates if " " in c.text and spans.is_registry_name(c.text)]
 
 
-def _in_name(text: str) -> bool:
-    """Whether `text` ends inside a line's action name (or at the start of an output), or inside
-    a field name: where the output says what a value is, not what it is."""
-    line = text.rsplit("\n", 1)[-1].lstrip()
-    if not any(mark in line for mark in (";", "=", SLOT_SEPARATOR, " ")):
-        return True
-    return FIELD_SEPARATOR.strip() in line and "=" not in line.rsplit(FIELD_SEPARATOR.strip(), 1)[-1]
-
-
 def _introduces_token(word: str, spans: SpanFinder) -> bool:
     """Whether a name after `word` is a token: after "my", "of"... or an amount ("1", "twenty")."""
     return word in _TOKEN_CUES or bool(word) and (word[0].isdigit() or spans.canonical("amount", word) is not None)
@@ -261,7 +253,7 @@ class ConstrainedPicker:
     tokenizer: object
     grammar: OutputGrammar
     eos_id: int
-    name_tiebreak: float = NAME_TIEBREAK_NATS  # 0: a draft never overrides the model
+    draft_tiebreak: float = DRAFT_TIEBREAK_NATS  # 0: a draft never overrides the model
     overrides: list[str] = field(default_factory=list)  # where the model's own choice was refused
     gave_up: bool = False  # no candidate fitted: decoding went on unconstrained
 
@@ -270,10 +262,8 @@ class ConstrainedPicker:
     def pick(self, generated: list[int], candidates: list[int], scores=None, draft: int | None = None) -> int:
         """The first of `candidates` (the model's best tokens, best first) that keeps the output
         valid; else, when the logits `scores` are given, the best-scored token that does among
-        those the output can be made of. Inside an action or field name, a `draft` token (the
-        rule-based guess) at most `name_tiebreak` nats less likely than that choice is taken instead; so
-        is a drafted end of a value (another field, another intent, or the end) where the model's choice
-        also ends the value there."""
+        those the output can be made of. A `draft` token (the rule-based guess) at most
+        `draft_tiebreak` nats less likely than that choice is taken instead, where it fits."""
         if self.gave_up:
             return candidates[0]
         text = self._text(generated)
@@ -294,19 +284,10 @@ class ConstrainedPicker:
         return candidates[0]
 
     def _tiebreak(self, text: str, generated: list[int], choice: int, draft: int | None, scores) -> int:
-        if draft is None or draft == choice or scores is None or self.name_tiebreak <= 0:
+        if draft is None or draft == choice or scores is None or self.draft_tiebreak <= 0:
             return choice
-        if not (_in_name(text) or self._structural(choice) and self._structural(draft)):
-            return choice
-        close = float(scores[choice]) - float(scores[draft]) <= self.name_tiebreak
+        close = float(scores[choice]) - float(scores[draft]) <= self.draft_tiebreak
         return draft if close and self._fits(text, generated, draft) else choice
-
-    def _structural(self, token: int) -> bool:
-        """Whether `token` only ends a value: another field (';'), another intent (a new line) or
-        the output. Choosing among those says which fields and intents there are, not what they hold."""
-        if token == self.eos_id:
-            return True
-        return self._text([token]).lstrip(" ")[:1] in (FIELD_SEPARATOR.strip(), "\n")
 
     def _fits(self, text: str, generated: list[int], token: int) -> bool:
         if token == self.eos_id:

@@ -9,8 +9,8 @@ model's own argmax agrees with, plus the model's token at the first disagreement
 The result is the model's greedy output, whatever the draft: a drafted token survives only where
 greedy decoding would have produced it (up to float rounding between a one-token and a
 many-token forward pass). A wrong draft costs time, never correctness. One deliberate exception,
-under constrained decoding only: a drafted action or field name that the model finds nearly as
-likely as its own choice is written instead (`ConstrainedPicker.name_tiebreak`).
+under constrained decoding only: a drafted token that the model finds nearly as likely as its
+own choice is written instead (`ConstrainedPicker.draft_tiebreak`).
 
 Rows of a batch advance independently: each keeps its own position ids, and rejected draft
 tokens stay in the KV cache but are masked out of attention, so no cache is ever cropped.

@@ -356,13 +356,13 @@ class ModelBackend:
         )
 
     def options(self, requests: list[str]) -> dict[str, Any]:
-        from brianft.constrain import NAME_TIEBREAK_NATS, request_grammars
+        from brianft.constrain import DRAFT_TIEBREAK_NATS, request_grammars
 
         return {
             "drafts": rule_drafts(self.rules, requests, self.fmt) if self.rules else None,
             "grammars": request_grammars(requests, self.spans, self.fmt) if self.spans else None,
             "few_shot": self.few_shot,
-            "name_tiebreak": 0.0 if self.few_shot else NAME_TIEBREAK_NATS,  # zero-shot: the model's alone
+            "draft_tiebreak": 0.0 if self.few_shot else DRAFT_TIEBREAK_NATS,  # zero-shot: the model's alone
         }
 
     def stream(self, max_rows: int, max_new_tokens: int):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from brianft.constrain import NAME_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
+from brianft.constrain import DRAFT_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
 from brianft.drafting import DraftVerifyDecoder, PrefixCache, Row
 from brianft.normalize import Canonicalizer
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
@@ -66,7 +66,7 @@ def generate(
     drafts: Sequence[str] | None = None,
     grammars: Sequence[OutputGrammar] | None = None,
     few_shot: bool = False,
-    name_tiebreak: float = NAME_TIEBREAK_NATS,
+    draft_tiebreak: float = DRAFT_TIEBREAK_NATS,
     prefix: PrefixCache | None = None,
 ) -> list[Generated]:
     """Greedy generation, batched, in the order of `requests`.
@@ -74,7 +74,7 @@ def generate(
     `drafts` (one guess of the output text per request, e.g. the rule-based extractor's) only
     make decoder-only models faster: see `brianft.drafting`; the text is the model's either way.
     `grammars` (one per request) constrain the output to valid intents with values from the
-    request (`brianft.constrain`); under them, a drafted action or field name at most `name_tiebreak` nats less
+    request (`brianft.constrain`); under them, a drafted token at most `draft_tiebreak` nats less
     likely than the model's choice is written instead (0: the output is the model's, whatever the draft).
     `few_shot` prompts with worked examples instead of the fine-tuning prompt (zero-shot baseline).
     A peft model's LoRA weights are merged into the base for the duration: one matmul per
@@ -91,11 +91,11 @@ def generate(
             )
             if stream is not None:
                 handles = stream.add(
-                    requests, drafts=drafts, grammars=grammars, few_shot=few_shot, name_tiebreak=name_tiebreak
+                    requests, drafts=drafts, grammars=grammars, few_shot=few_shot, draft_tiebreak=draft_tiebreak
                 )
                 stream.finish()
                 return [handle.result() for handle in handles]
-            pickers = _pickers(tokenizer, grammars, name_tiebreak)
+            pickers = _pickers(tokenizer, grammars, draft_tiebreak)
             prompts = [encode_prompt(tokenizer, request, is_seq2seq, few_shot=few_shot) for request in requests]
             texts = _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers)
             notes = [p.overrides for p in pickers] if pickers else [[] for _ in texts]
@@ -111,11 +111,11 @@ def _check_per_request(requests: Sequence[str], **per_request: Sequence | None) 
 
 
 def _pickers(
-    tokenizer, grammars: Sequence[OutputGrammar] | None, name_tiebreak: float
+    tokenizer, grammars: Sequence[OutputGrammar] | None, draft_tiebreak: float
 ) -> list[ConstrainedPicker] | None:
     if not grammars:
         return None
-    return [ConstrainedPicker(tokenizer, grammar, tokenizer.eos_token_id, name_tiebreak) for grammar in grammars]
+    return [ConstrainedPicker(tokenizer, grammar, tokenizer.eos_token_id, draft_tiebreak) for grammar in grammars]
 
 
 @dataclass(frozen=True)
@@ -178,12 +178,12 @@ class GenerationStream:
         drafts: Sequence[str] | None = None,
         grammars: Sequence[OutputGrammar] | None = None,
         few_shot: bool = False,
-        name_tiebreak: float = NAME_TIEBREAK_NATS,
+        draft_tiebreak: float = DRAFT_TIEBREAK_NATS,
     ) -> list[GenerationHandle]:
         """Admit `requests` (arguments as in `generate`); one handle each, in order."""
         _check_per_request(requests, drafts=drafts, grammars=grammars)
         tokenizer = self.tokenizer
-        pickers = _pickers(tokenizer, grammars, name_tiebreak) or [None] * len(requests)
+        pickers = _pickers(tokenizer, grammars, draft_tiebreak) or [None] * len(requests)
         prompts = [encode_prompt(tokenizer, request, False, few_shot=few_shot) for request in requests]
         draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
         redrafts = [TextRedraft(tokenizer, d, r) for d, r in zip(drafts, requests, strict=True)] if drafts else None

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -270,3 +271,30 @@ def test_training_with_neftune_learns(tiny_llama_dir, tmp_path):
     train(tiny_config(tiny_llama_dir, run_dir, "train.neftune_alpha=5", "train.test_eval=false"))
     history = losses(run_dir)
     assert sum(history[-4:]) / 4 < sum(history[:4]) / 4 * 0.9, history
+
+
+def test_best_checkpoint_is_the_latest_of_the_best_scores(tmp_path, monkeypatch):
+    from brianft import train
+
+    scores = iter([0.5, 0.75, 0.75, 0.5])
+    monkeypatch.setattr(
+        train, "evaluate_examples", lambda *args: ({"exact_match": next(scores), "action_accuracy": 1.0}, [])
+    )
+
+    class Model:
+        saved_at: list[int] = []
+
+        def save_pretrained(self, path):
+            self.saved_at.append(state.step)
+
+    class Writer:
+        def add_scalar(self, *args):
+            pass
+
+    config = SimpleNamespace(train=SimpleNamespace(output_dir=str(tmp_path)))
+    state, model = train.TrainState(), Model()
+    for step in (10, 20, 30, 40):
+        state.step = step
+        train._evaluate_and_keep_best(model, None, ["v"], None, config, False, state, train.Distributed(), Writer())
+    assert (state.best_step, state.best_exact_match) == (30, 0.75)  # the tie at step 30 wins; 40 is worse
+    assert model.saved_at == [10, 20, 30]

@@ -203,7 +203,7 @@ def test_rules_extract_never_raises(rules_extractor, text):
 
 def test_tiny_run_extracts_in_order(tiny_run_dir):
     run_dir = tiny_run_dir
-    extractor = Extractor.from_run(run_dir, batch_size=2, max_new_tokens=8)
+    extractor = Extractor.from_run(run_dir, batch_size=2, max_new_tokens=32)
     requests = ["swap 1 eth for usdc on base", "", "send 5 dai to bob.eth", "bridge 100 usdt from ethereum to base"]
     results = extractor.extract_batch(requests)
     assert [r.prompt for r in results] == requests

@@ -86,7 +86,7 @@ Extracts wallet intents (schema {SCHEMA_VERSION}) from natural-language requests
 
 | split | exact match | action accuracy | format validity |
 |---|---|---|---|
-| validation (best step {metrics["best_step"]}) | {_cells(metrics["validation"])} |
+| validation, model alone (best step {metrics["best_step"]}) | {_cells(metrics["validation"])} |
 | test | {_cells(metrics.get("test", {}))} |
 
 Load it with plain peft:
@@ -193,7 +193,7 @@ def render_summary(metrics: dict, run_dir: Path, console, *, wall_seconds: float
     table.add_column("split / part")
     for column in ("examples", "exact match", "action accuracy", "format validity"):
         table.add_column(column, justify="right")
-    rows = [("validation (best)", metrics.get("validation", {})), ("test", metrics.get("test", {}))]
+    rows = [("validation, model alone (best)", metrics.get("validation", {})), ("test", metrics.get("test", {}))]
     rows += [(f"test: {name}", scores) for name, scores in metrics.get("test_by_source", {}).items()]
     for name, scores in rows:
         if scores:

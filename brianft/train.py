@@ -221,8 +221,13 @@ def step_batches(lengths: list[int], config: Config, step: int, ranks: Distribut
     return out
 
 
-def evaluate_examples(model, tokenizer, examples: list[Example], canonicalizer, config: Config, is_seq2seq: bool):
-    from brianft.constrain import request_grammars
+def evaluate_examples(
+    model, tokenizer, examples: list[Example], canonicalizer, config: Config, is_seq2seq: bool, *, model_alone=False
+):
+    """Scores and predictions by generation, decoded as `Extractor.from_run` serves. `model_alone`:
+    no close call goes to the rules' draft, so the scores are the model's own (the rules read the
+    training templates' phrasings and would make every checkpoint look alike on validation)."""
+    from brianft.constrain import DRAFT_TIEBREAK_NATS, request_grammars
     from brianft.data.spans import SpanFinder
     from brianft.extract import rule_drafts
     from brianft.rules import RulesExtractor
@@ -235,9 +240,10 @@ def evaluate_examples(model, tokenizer, examples: list[Example], canonicalizer, 
         is_seq2seq=is_seq2seq,
         batch_size=config.train.eval_batch_size,
         max_new_tokens=config.train.max_new_tokens,
-        # as `Extractor.from_run` decodes: drafts are faster (and break close calls between actions), grammars constrain
+        # drafts are faster (and break close calls), grammars constrain
         drafts=rule_drafts(RulesExtractor(canonicalizer), prompts, config.data.target_format),
         grammars=request_grammars(prompts, SpanFinder(canonicalizer), config.data.target_format),
+        draft_tiebreak=0.0 if model_alone else DRAFT_TIEBREAK_NATS,
     )
     predictions = [decode_prediction(text, canonicalizer) for text in texts]
     return score_predictions(examples, predictions), predictions
@@ -382,7 +388,7 @@ def _evaluate_and_keep_best(
     """Validation by generation on rank 0; the best adapter so far is kept in memory and on disk."""
     if not ranks.is_main or not validation:
         return {}
-    scores, _ = evaluate_examples(model, tokenizer, validation, canonicalizer, config, is_seq2seq)
+    scores, _ = evaluate_examples(model, tokenizer, validation, canonicalizer, config, is_seq2seq, model_alone=True)
     writer.add_scalar("validation/exact_match", scores["exact_match"], state.step)
     writer.add_scalar("validation/action_accuracy", scores["action_accuracy"], state.step)
     # A tie goes to the later checkpoint: the schedule has decayed further there, and a few dozen

@@ -278,7 +278,7 @@ def test_best_checkpoint_is_the_latest_of_the_best_scores(tmp_path, monkeypatch)
 
     scores = iter([0.5, 0.75, 0.75, 0.5])
     monkeypatch.setattr(
-        train, "evaluate_examples", lambda *args: ({"exact_match": next(scores), "action_accuracy": 1.0}, [])
+        train, "evaluate_examples", lambda *a, **k: ({"exact_match": next(scores), "action_accuracy": 1.0}, [])
     )
 
     class Model:
@@ -298,3 +298,22 @@ def test_best_checkpoint_is_the_latest_of_the_best_scores(tmp_path, monkeypatch)
         train._evaluate_and_keep_best(model, None, ["v"], None, config, False, state, train.Distributed(), Writer())
     assert (state.best_step, state.best_exact_match) == (30, 0.75)  # the tie at step 30 wins; 40 is worse
     assert model.saved_at == [10, 20, 30]
+
+
+def test_validation_while_training_scores_the_model_alone(monkeypatch):
+    """The checkpoint is chosen on the model's own outputs; the test split is scored as served."""
+    from brianft import train
+    from brianft.config import Config
+    from brianft.constrain import DRAFT_TIEBREAK_NATS
+    from brianft.normalize import Canonicalizer
+    from brianft.schema import Example
+
+    margins = []
+    monkeypatch.setattr(train, "generate_texts", lambda *a, **k: margins.append(k["draft_tiebreak"]) or ["none"])
+    examples = [Example(prompt="what is a rollup?", intents=[])]
+    for alone in (True, False):
+        scores, _ = train.evaluate_examples(
+            None, None, examples, Canonicalizer.default(), Config(), False, model_alone=alone
+        )
+        assert scores["exact_match"] == 1.0
+    assert margins == [0.0, DRAFT_TIEBREAK_NATS]

@@ -43,6 +43,7 @@ class Row:
     seen: int = 0  # tokens in the cache that count (the next position id)
     cursor: int = 0  # where in the draft the generated text currently is
     done: bool = False
+    cut: bool = False  # done because it reached max_new_tokens, not because the model ended it
     picker: ConstrainedPicker | None = None
 
 
@@ -498,7 +499,7 @@ def _accept(row: Row, proposal: list[int], choices: _Choices, eos_id: int, max_n
             break
         row.generated.append(token)
         if len(row.generated) >= max_new_tokens:
-            row.done = True
+            row.done = row.cut = True
             break
     row.pending = [choice]
     return len(proposal) - agreed

@@ -217,7 +217,7 @@ class Extractor:
                 raise RuntimeError(f"backend returned {len(outputs)} outputs for {len(accepted)} requests")
             for index, output in zip(accepted, outputs, strict=True):
                 if isinstance(output, Generated):
-                    results[index] = self.decode(texts[index], output.text, notes=output.notes)
+                    results[index] = self.decode_generated(texts[index], output)
                 else:
                     results[index] = self.decode(texts[index], output)
         return results  # type: ignore[return-value]
@@ -248,6 +248,18 @@ class Extractor:
         start = getattr(self.backend, "stream", None)
         generation = start(max_rows or self.batch_size, self.max_new_tokens) if start else None
         return ExtractionStream(self, generation) if generation is not None else None
+
+    def decode_generated(self, prompt: str, generated: Generated) -> ExtractionResult:
+        """`decode` of a model's output; one stopped at the token limit may lack intents or fields,
+        so it is an error, never a plan."""
+        if generated.cut:
+            return ExtractionResult(
+                prompt=prompt,
+                error=f"the model's output reached the limit of {self.max_new_tokens} new tokens before it "
+                "ended, so it may be incomplete; raise max_new_tokens (train.max_new_tokens in the run's config)",
+                output=generated.text,
+            )
+        return self.decode(prompt, generated.text, notes=generated.notes)
 
     def decode(self, prompt: str, output: Any, notes: Sequence[str] = ()) -> ExtractionResult:
         """Parse, canonicalise and ground the backend's raw output for `prompt`. `notes`: where
@@ -469,7 +481,7 @@ class ExtractionTicket:
         if self.handle is None:
             return self.refused  # type: ignore[return-value]
         generated = self.handle.result()
-        return self.extractor.decode(self.prompt, generated.text, notes=generated.notes)
+        return self.extractor.decode_generated(self.prompt, generated)
 
 
 class ExtractionStream:

@@ -48,6 +48,7 @@ def decode_prediction(text: str, canonicalizer: Canonicalizer) -> Prediction:
 class Generated:
     text: str
     notes: list[str] = field(default_factory=list)  # where constrained decoding refused the model's choice
+    cut: bool = False  # stopped at max_new_tokens before the model ended its output
 
 
 def generate_texts(model, tokenizer, requests: Sequence[str], **options) -> list[str]:
@@ -131,7 +132,7 @@ class GenerationHandle:
 
     def result(self) -> Generated:
         text = self.tokenizer.decode(self.row.generated, skip_special_tokens=True).strip()
-        return Generated(text, list(self.row.picker.overrides) if self.row.picker else [])
+        return Generated(text, list(self.row.picker.overrides) if self.row.picker else [], cut=self.row.cut)
 
 
 class GenerationStream:

@@ -242,3 +242,16 @@ def test_a_stream_gives_what_extract_batch_gives(tiny_run_dir, rules_extractor):
     assert all(ticket.done for ticket in tickets)
     assert [ticket.result().to_dict() for ticket in tickets] == expected
     assert rules_extractor.stream() is None  # no model: the server runs extract_batch
+
+
+def test_an_output_cut_at_the_token_limit_is_an_error_never_a_plan(tiny_run_dir):
+    extractor = Extractor.from_run(tiny_run_dir, batch_size=2, max_new_tokens=1)  # no valid output is 1 token
+    for result in extractor.extract_batch(["swap 1 eth for usdc on base and send it to bob.eth", "wrap 2 eth"]):
+        assert result.intents == [] and "limit of 1 new tokens" in result.error
+        assert result.output  # what the model wrote before the limit is on record
+    # the server's path (continuous batching) says the same
+    stream = extractor.stream()
+    ticket = stream.add(["wrap 2 eth"])[0]
+    while stream.busy:
+        stream.step()
+    assert ticket.done and "limit of 1 new tokens" in ticket.result().error

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -98,9 +98,10 @@ def generate(
                 return [handle.result() for handle in handles]
             pickers = _pickers(tokenizer, grammars, draft_tiebreak)
             prompts = [encode_prompt(tokenizer, request, is_seq2seq, few_shot=few_shot) for request in requests]
-            texts = _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers)
-            notes = [p.overrides for p in pickers] if pickers else [[] for _ in texts]
-            return [Generated(text, list(note)) for text, note in zip(texts, notes, strict=True)]
+            outputs = _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers)
+            if not pickers:
+                return outputs
+            return [replace(out, notes=list(p.overrides)) for out, p in zip(outputs, pickers, strict=True)]
     finally:
         model.train(was_training)
 
@@ -335,10 +336,10 @@ class TextRedraft:
 
 
 @torch.inference_mode()
-def _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers=None) -> list[str]:
+def _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers=None) -> list[Generated]:
     """transformers' own greedy generate: encoder-decoder models, and any model whose decoder
     body and head cannot be separated."""
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[Generated] = [Generated("")] * len(prompts)
     device = next(model.parameters()).device
     for chunk in _chunks(prompts, batch_size):
         batch = {
@@ -357,7 +358,9 @@ def _hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, pickers=
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        new_tokens = generated if model.config.is_encoder_decoder else generated[:, batch["input_ids"].shape[1] :]
+        new_tokens = generated[:, start:]
         for row, index in enumerate(chunk):
-            outputs[index] = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
+            text = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
+            cut = tokenizer.eos_token_id not in new_tokens[row].tolist()  # stopped by max_new_tokens
+            outputs[index] = Generated(text, cut=cut)
     return outputs

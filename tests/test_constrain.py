@@ -311,7 +311,7 @@ def test_constrained_drafted_decoding_equals_constrained_generate(request, spans
     )
     prompts = [encode_prompt(tokenizer, text, False) for text in REQUESTS]
     pickers = [ConstrainedPicker(tokenizer, g, tokenizer.eos_token_id) for g in grammars]
-    reference = _hf_generate(model, tokenizer, prompts, 3, 40, pickers)
+    reference = [output.text for output in _hf_generate(model, tokenizer, prompts, 3, 40, pickers)]
     assert [out.text for out in drafted] == reference
     for out, allowed in zip(drafted, grammars, strict=True):
         unchecked = any("unchecked" in note for note in out.notes)

@@ -255,3 +255,11 @@ def test_an_output_cut_at_the_token_limit_is_an_error_never_a_plan(tiny_run_dir)
     while stream.busy:
         stream.step()
     assert ticket.done and "limit of 1 new tokens" in ticket.result().error
+
+
+def test_an_encoder_decoder_output_cut_at_the_token_limit_is_an_error(tiny_t5_dir):
+    from brianft.config import ModelConfig
+
+    extractor = Extractor.from_base_model(ModelConfig(base=str(tiny_t5_dir)), max_new_tokens=1, constrain=False)
+    result = extractor.extract("swap 1 eth for usdc")
+    assert result.intents == [] and "limit of 1 new tokens" in result.error

@@ -488,18 +488,16 @@ class RulesExtractor:
             amounts = any(t.amount is not None for t in clause.tokens())
             if amounts or (family == "send" and clause.first("address") and clause.first("amount")):
                 return replace(self._assemble(request, clause, family, action), continued=True)
-        start = self._after_prefix(words)
         clause = self._scan(request, _Clause(words, start), "swap")
         arrow = any(w.low in ("->", "→") for w in words)
         target = clause.first("token", cues=("to", "for"))
         source = clause.tokens()[0] if clause.tokens() else None
         starts_with_amount = bool(clause.mentions) and clause.mentions[0].kind == "amount"
         starts_with_amount = starts_with_amount and clause.mentions[0].index == start
-        bare_swap = target is not None and source is not None and source is not target and source.amount is not None
-        if bare_swap and (arrow or starts_with_amount):
-            return self._assemble(request, clause, "swap", Action.SWAP)  # "20 usdc -> wbtc on polygon"
-        if arrow and target is not None and source is not None and source is not target and words[-1].stop:
-            return self._assemble(request, clause, "swap", Action.SWAP)  # "eth -> weth, amount 2"
+        if target is not None and source is not None and source is not target:
+            with_amount = source.amount is not None and (arrow or starts_with_amount)  # "20 usdc -> wbtc on polygon"
+            if with_amount or (arrow and words[-1].stop):  # "eth -> weth, amount 2": the amount comes next
+                return self._assemble(request, clause, "swap", Action.SWAP)
         clause = self._scan(request, _Clause(words, 0), "bridge")
         if clause.mentions and all(m.kind == "chain" for m in clause.mentions):
             fields: dict[str, str] = {}

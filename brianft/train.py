@@ -393,7 +393,7 @@ def _evaluate_and_keep_best(
     writer.add_scalar("validation/action_accuracy", scores["action_accuracy"], state.step)
     # A tie goes to the later checkpoint: the schedule has decayed further there, and a few dozen
     # validation requests often cannot tell two late checkpoints apart (then the earlier, noisier
-    # one would be kept: step 150 of 283 scored 0.80 on the test split against the final's 0.90).
+    # one would be kept: step 150 of 283 scored 0.80 on the test split against the final's 0.92).
     if scores["exact_match"] >= state.best_exact_match:
         state.best_exact_match, state.best_step = scores["exact_match"], state.step
         model.save_pretrained(Path(config.train.output_dir) / "best_adapter")

@@ -27,7 +27,12 @@ class DataConfig(_Strict):
     """Where examples come from and how they are split."""
 
     curated: bool = True
-    curated_repeat: int = Field(1, ge=1, le=10, description="times the curated training examples are seen per epoch")
+    written: bool = Field(
+        True, description="the shipped hand-written requests kept for training and validation only (never test)"
+    )
+    curated_repeat: int = Field(
+        1, ge=1, le=10, description="times the hand-written (curated and written) training examples are seen per epoch"
+    )
     files: list[Path] = Field(default_factory=list, description="user data files (JSONL, CSV, Brian format)")
     synthetic_train: int = Field(2000, ge=0, description="synthetic examples from training template families")
     synthetic_test: int = Field(200, ge=0, description="synthetic test examples from held-out families")

@@ -15,7 +15,7 @@ from brianft.drafting import DraftVerifyDecoder, PrefixCache, Row
 from brianft.normalize import Canonicalizer
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
 from brianft.schema import Intent
-from brianft.target import parse_output
+from brianft.target import NO_INTENT, parse_output
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,25 @@ def _check_per_request(requests: Sequence[str], **per_request: Sequence | None) 
 
 
 def _pickers(
-    tokenizer, grammars: Sequence[OutputGrammar] | None, draft_tiebreak: float
+    tokenizer,
+    grammars: Sequence[OutputGrammar] | None,
+    draft_tiebreak: float,
+    drafts: Sequence[str] | None = None,
 ) -> list[ConstrainedPicker] | None:
     if not grammars:
         return None
-    return [ConstrainedPicker(tokenizer, grammar, tokenizer.eos_token_id, draft_tiebreak) for grammar in grammars]
+    drafts = drafts or [""] * len(grammars)
+    return [
+        ConstrainedPicker(tokenizer, grammar, tokenizer.eos_token_id, 0.0 if _reads_nothing(draft) else draft_tiebreak)
+        for grammar, draft in zip(grammars, drafts, strict=True)
+    ]
+
+
+def _reads_nothing(draft: str) -> bool:
+    """The rules draft "none" both for a request that asks for nothing and for one they cannot
+    read; only the model can tell the two apart, so such a draft may speed it up but never
+    overrules it (docs/BENCHMARKS.md, "Written requests and the dev set")."""
+    return draft.strip().lower() == NO_INTENT
 
 
 @dataclass(frozen=True)
@@ -185,7 +199,7 @@ class GenerationStream:
         """Admit `requests` (arguments as in `generate`); one handle each, in order."""
         _check_per_request(requests, drafts=drafts, grammars=grammars)
         tokenizer = self.tokenizer
-        pickers = _pickers(tokenizer, grammars, draft_tiebreak) or [None] * len(requests)
+        pickers = _pickers(tokenizer, grammars, draft_tiebreak, drafts) or [None] * len(requests)
         prompts = [encode_prompt(tokenizer, request, False, few_shot=few_shot) for request in requests]
         draft_ids = [_encode_draft(tokenizer, text) for text in drafts] if drafts else [[] for _ in requests]
         redrafts = [TextRedraft(tokenizer, d, r) for d, r in zip(drafts, requests, strict=True)] if drafts else None

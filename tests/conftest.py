@@ -225,6 +225,7 @@ def tiny_run_dir(tiny_llama_dir, tmp_path_factory) -> Path:
         f"model.base={tiny_llama_dir}",
         f"train.output_dir={run_dir}",
         "data.curated=false",
+        "data.written=false",
         "data.synthetic_train=16",
         "data.synthetic_test=4",
         "train.batch_size=8",

@@ -99,6 +99,7 @@ def test_run_trains_evaluates_and_summarises(tiny_llama_dir, tmp_path):
     args = ["run", "--set", f"model.base={tiny_llama_dir}", "--set", f"train.output_dir={run_dir}"]
     for override in (
         "data.curated=false",
+        "data.written=false",
         "data.synthetic_train=40",
         "data.synthetic_test=8",
         "train.max_steps=3",

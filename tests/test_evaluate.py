@@ -213,20 +213,35 @@ def test_write_report_without_intents(tmp_path) -> None:
     assert "No failures." in (tmp_path / "report.md").read_text()
 
 
-def test_fresh_hand_written_set_is_canonical_and_covers_every_action():
-    """benchmarks/data/fresh_requests.jsonl: requests labelled by a session that saw only the
-    schema (benchmarks/data/README.md). It must stay readable as canonical labelled data."""
+@pytest.mark.parametrize(("name", "size", "out_of_scope"), [("fresh", 120, 20), ("dev", 250, 25)])
+def test_hand_written_evaluation_sets_are_canonical_and_cover_every_action(name, size, out_of_scope):
+    """benchmarks/data/{fresh,dev}_requests.jsonl: requests labelled by sessions that saw only the
+    schema (benchmarks/data/README.md). They must stay readable as canonical labelled data."""
     from pathlib import Path
 
     from brianft.data.io import read_examples
     from brianft.normalize import Canonicalizer
     from brianft.schema import Action
 
-    path = Path(__file__).parent.parent / "benchmarks" / "data" / "fresh_requests.jsonl"
+    path = Path(__file__).parent.parent / "benchmarks" / "data" / f"{name}_requests.jsonl"
     examples = read_examples(path, Canonicalizer.default(), mode="validate")
-    assert len(examples) == 120
+    assert len(examples) == size
     assert {intent.action for example in examples for intent in example.intents} == set(Action)
-    assert sum(not example.intents for example in examples) == 20  # out of scope
+    assert sum(not example.intents for example in examples) == out_of_scope
+
+
+def test_written_training_requests_leave_the_evaluation_sets_out_of_sample():
+    from pathlib import Path
+
+    from brianft.data.dataset import load_curated
+    from brianft.data.io import normalized_prompt, read_examples
+    from brianft.normalize import Canonicalizer
+
+    canonicalizer = Canonicalizer.default()
+    written = {normalized_prompt(e.prompt) for e in load_curated(canonicalizer, "written")}
+    for name in ("fresh", "dev"):
+        path = Path(__file__).parent.parent / "benchmarks" / "data" / f"{name}_requests.jsonl"
+        assert not written & {normalized_prompt(e.prompt) for e in read_examples(path, canonicalizer)}
 
 
 def test_failures_table_escapes_cells_and_shows_the_error_or_the_intents() -> None:

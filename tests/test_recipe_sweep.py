@@ -22,6 +22,7 @@ def load_sweep():
 
 TINY = [
     "data.curated=false",
+    "data.written=false",
     "data.synthetic_train=32",
     "data.synthetic_test=6",
     "train.batch_size=8",

@@ -21,6 +21,7 @@ def tiny_config(base_dir, output_dir, *overrides):
             f"model.base={base_dir}",
             f"train.output_dir={output_dir}",
             "data.curated=false",
+            "data.written=false",
             "data.synthetic_train=64",
             "data.synthetic_test=8",
             "train.batch_size=8",
@@ -160,7 +161,8 @@ def test_torchrun_two_processes_train_one_run(tiny_llama_dir, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
         "-m", "brianft", "train",
         "--set", f"model.base={tiny_llama_dir}", "--output-dir", str(run_dir),
-        "--set", "data.curated=false", "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=8",
+        "--set", "data.curated=false", "--set", "data.written=false",
+        "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=8",
         "--set", "train.batch_size=4", "--set", "train.max_steps=4", "--set", "train.eval_examples=2",
         "--set", "train.max_new_tokens=8", "--set", "train.threads=1", "--set", "model.lora.r=8",
     ]  # fmt: skip
@@ -181,6 +183,7 @@ def test_real_bundled_model_trains_a_few_steps(tmp_path):
         [
             f"train.output_dir={run_dir}",
             "data.curated=false",
+            "data.written=false",
             "data.synthetic_train=24",
             "data.synthetic_test=4",
             "train.batch_size=4",

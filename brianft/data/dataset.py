@@ -1,8 +1,13 @@
-"""Assemble the train / validation / test splits from curated, user and synthetic examples.
+"""Assemble the train / validation / test splits from curated, written, user and synthetic examples.
 
 Guarantees: no prompt (case and spacing ignored) is in two splits; the synthetic test part
 comes only from template families held out of training, so it measures generalisation to
 unseen phrasings; every example carries its raw spans for copy-style targets.
+
+The "written" requests were added after the test split was fixed, by writers shown only the
+intent schema (neither the templates nor the test requests). They go to training and
+validation only: hashing them into test too would change the test split's make-up, and its
+figures would stop being comparable with earlier versions'.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from brianft.normalize import Canonicalizer, Registry
 from brianft.schema import Example, Intent
 
 SPLITS = ("train", "validation", "test")
+HAND_WRITTEN = ("curated", "written")
 
 
 @dataclass
@@ -36,17 +42,18 @@ class Splits:
         return [(name, getattr(self, name)) for name in SPLITS]
 
 
-def curated_files() -> list[Path]:
-    folder = resources.files("brianft") / "resources" / "data" / "curated"
+def curated_files(kind: str = "curated") -> list[Path]:
+    """The shipped hand-labelled files of one kind: "curated" or "written" (see the module doc)."""
+    folder = resources.files("brianft") / "resources" / "data" / kind
     return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jsonl"))
 
 
-def load_curated(canonicalizer: Canonicalizer) -> list[Example]:
+def load_curated(canonicalizer: Canonicalizer, kind: str = "curated") -> list[Example]:
     """The hand-labelled examples shipped with the package; they must already be canonical."""
     examples = []
-    for path in curated_files():
+    for path in curated_files(kind):
         for example in read_examples(path, canonicalizer, mode="validate"):
-            examples.append(example.model_copy(update={"source": "curated"}))
+            examples.append(example.model_copy(update={"source": kind}))
     return examples
 
 
@@ -114,9 +121,16 @@ def build_splits(config: DataConfig, canonicalizer: Canonicalizer) -> Splits:
             canonicalizer=canonicalizer,
         )
         test += [e for e in held_out if keep(e)]
+    # Loaded last, so that every other split is the same with or without them; a written
+    # request equal to one already placed is dropped here.
+    if config.written:
+        written = [e for e in load_curated(canonicalizer, "written") if keep(e)]
+        w_train, w_validation, _ = split_by_hash(written, config.validation_fraction, 0.0, f"written-{config.seed}")
+        train += w_train
+        validation += w_validation
     # Hand-written requests carry the phrasing variety templates lack; repeating them weighs
     # them more without letting any prompt cross into another split.
-    train += [e for e in train if e.source == "curated"] * (config.curated_repeat - 1)
+    train += [e for e in train if e.source in HAND_WRITTEN] * (config.curated_repeat - 1)
     finder = SpanFinder(canonicalizer)
     splits.train = [finder.with_raw(e) for e in train]
     splits.validation = [finder.with_raw(e) for e in validation]

@@ -35,9 +35,10 @@ def splits(canonicalizer):
     return build_splits(DataConfig(synthetic_train=600, synthetic_test=120), canonicalizer)
 
 
-def test_every_curated_file_validates_with_no_issue(canonicalizer):
-    assert curated_files()
-    for path in curated_files():
+@pytest.mark.parametrize("kind", ["curated", "written"])
+def test_every_hand_labelled_file_validates_with_no_issue(canonicalizer, kind):
+    assert curated_files(kind)
+    for path in curated_files(kind):
         count, issues = validate_file(path, canonicalizer)
         assert [str(i) for i in issues if i.severity == "error"] == [], path
         assert count > 0
@@ -56,6 +57,28 @@ def test_curated_coverage_minimums(curated):
 def test_curated_prompts_are_unique(curated):
     keys = [normalized_prompt(e.prompt) for e in curated]
     assert len(keys) == len(set(keys))
+
+
+def test_written_coverage_minimums(canonicalizer):
+    written = load_curated(canonicalizer, "written")
+    assert len(written) >= 600
+    actions = Counter(i.action for e in written for i in e.intents)
+    for action in Action:
+        assert actions[action] >= 15, action
+    assert sum(len(e.intents) > 1 for e in written) >= 100
+    assert sum(not e.intents for e in written) >= 40
+    keys = [normalized_prompt(e.prompt) for e in written]
+    assert len(keys) == len(set(keys))
+
+
+def test_written_requests_train_and_validate_but_leave_test_as_it_was(canonicalizer, splits):
+    without = build_splits(DataConfig(synthetic_train=600, synthetic_test=120, written=False), canonicalizer)
+    assert without.test == splits.test
+    assert not any(e.source == "written" for e in splits.test)
+    assert [e for e in splits.train if e.source != "written"] == without.train
+    assert [e for e in splits.validation if e.source != "written"] == without.validation
+    assert any(e.source == "written" for e in splits.train)
+    assert any(e.source == "written" for e in splits.validation)
 
 
 def test_splits_share_no_prompt(splits):
@@ -134,7 +157,7 @@ def test_user_files_are_converted_and_split(tmp_path, canonicalizer):
     ]
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = DataConfig(curated=False, files=[path], synthetic_train=0, synthetic_test=0)
+    config = DataConfig(curated=False, written=False, files=[path], synthetic_train=0, synthetic_test=0)
     splits = build_splits(config, canonicalizer)
     everything = splits.train + splits.validation + splits.test
     assert len(everything) == 40
@@ -147,12 +170,14 @@ def test_corrupt_user_file_is_reported(tmp_path, canonicalizer):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "x", "intents": [{"action": "swap", "amount": "lots"}]}\n')
     with pytest.raises(ValueError, match="line 1"):
-        build_splits(DataConfig(curated=False, files=[path], synthetic_train=0, synthetic_test=0), canonicalizer)
+        config = DataConfig(curated=False, written=False, files=[path], synthetic_train=0, synthetic_test=0)
+        build_splits(config, canonicalizer)
 
 
-def test_curated_repeat_weighs_curated_training_examples_only(canonicalizer, splits):
+def test_curated_repeat_weighs_hand_written_training_examples_only(canonicalizer, splits):
     config = DataConfig(synthetic_train=600, synthetic_test=120, curated_repeat=3)
     repeated = build_splits(config, canonicalizer)
-    curated_train = [e for e in splits.train if e.source == "curated"]
-    assert len(repeated.train) == len(splits.train) + 2 * len(curated_train)
+    hand_written = [e for e in splits.train if e.source in ("curated", "written")]
+    assert {e.source for e in hand_written} == {"curated", "written"}
+    assert len(repeated.train) == len(splits.train) + 2 * len(hand_written)
     assert repeated.validation == splits.validation and repeated.test == splits.test

@@ -32,7 +32,7 @@ from brianft.config import Config, dump_config
 from brianft.cpus import available_cpus
 from brianft.data.dataset import build_splits
 from brianft.evaluate import score_predictions
-from brianft.infer import decode_prediction, generate_texts
+from brianft.infer import Prediction, decode_prediction, generate
 from brianft.model import apply_lora, backbone_and_head, load_base_model
 from brianft.normalize import Canonicalizer, Registry
 from brianft.prompting import (
@@ -233,7 +233,7 @@ def evaluate_examples(
     from brianft.rules import RulesExtractor
 
     prompts = [e.prompt for e in examples]
-    texts = generate_texts(
+    generated = generate(
         model,
         tokenizer,
         prompts,
@@ -245,7 +245,14 @@ def evaluate_examples(
         grammars=request_grammars(prompts, SpanFinder(canonicalizer), config.data.target_format),
         draft_tiebreak=0.0 if model_alone else DRAFT_TIEBREAK_NATS,
     )
-    predictions = [decode_prediction(text, canonicalizer) for text in texts]
+    # An output cut at the token limit may lack intents or fields: a failure, as the Extractor serves it.
+    limit = config.train.max_new_tokens
+    predictions = [
+        Prediction(text=out.text, error=f"the output reached max_new_tokens ({limit}) before it ended")
+        if out.cut
+        else decode_prediction(out.text, canonicalizer)
+        for out in generated
+    ]
     return score_predictions(examples, predictions), predictions
 
 

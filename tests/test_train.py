@@ -308,11 +308,14 @@ def test_validation_while_training_scores_the_model_alone(monkeypatch):
     from brianft import train
     from brianft.config import Config
     from brianft.constrain import DRAFT_TIEBREAK_NATS
+    from brianft.infer import Generated
     from brianft.normalize import Canonicalizer
     from brianft.schema import Example
 
     margins = []
-    monkeypatch.setattr(train, "generate_texts", lambda *a, **k: margins.append(k["draft_tiebreak"]) or ["none"])
+    monkeypatch.setattr(
+        train, "generate", lambda *a, **k: margins.append(k["draft_tiebreak"]) or [Generated(text="none")]
+    )
     examples = [Example(prompt="what is a rollup?", intents=[])]
     for alone in (True, False):
         scores, _ = train.evaluate_examples(
@@ -320,3 +323,21 @@ def test_validation_while_training_scores_the_model_alone(monkeypatch):
         )
         assert scores["exact_match"] == 1.0
     assert margins == [0.0, DRAFT_TIEBREAK_NATS]
+
+
+def test_an_output_cut_at_the_token_limit_scores_as_a_failure(monkeypatch):
+    """Scoring while training decodes as the Extractor serves: a cut output is no plan, even where
+    what was written so far would parse (and here even match the label)."""
+    from brianft import train
+    from brianft.config import Config
+    from brianft.infer import Generated
+    from brianft.normalize import Canonicalizer
+    from brianft.schema import Example, Intent
+
+    example = Example(prompt="wrap 1 eth", intents=[Intent(action="wrap", token1="ETH", amount="1")])
+    for cut, expected in ((False, 1.0), (True, 0.0)):
+        output = Generated(text="wrap; token1=eth; amount=1", cut=cut)
+        monkeypatch.setattr(train, "generate", lambda *a, output=output, **k: [output])
+        scores, predictions = train.evaluate_examples(None, None, [example], Canonicalizer.default(), Config(), False)
+        assert scores["exact_match"] == expected
+        assert (predictions[0].error is not None) == cut

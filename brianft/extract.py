@@ -77,7 +77,7 @@ class Extractor:
         canonicalizer: Canonicalizer | None = None,
         *,
         max_prompt_chars: int = 1000,
-        max_new_tokens: int = 96,
+        max_new_tokens: int = 192,
         batch_size: int = 16,
         source: str = "",
         base_model: str = "",

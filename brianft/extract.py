@@ -26,7 +26,7 @@ from typing import Any
 
 from brianft.data.spans import SpanFinder
 from brianft.drafting import PrefixCache
-from brianft.infer import Generated, Prediction, decode_prediction
+from brianft.infer import Generated, Prediction, cut_output_error, decode_prediction
 from brianft.normalize import Canonicalizer
 from brianft.schema import Example, Intent
 from brianft.target import TargetFormat
@@ -255,8 +255,7 @@ class Extractor:
         if generated.cut:
             return ExtractionResult(
                 prompt=prompt,
-                error=f"the model's output reached the limit of {self.max_new_tokens} new tokens before it "
-                "ended, so it may be incomplete; raise max_new_tokens (train.max_new_tokens in the run's config)",
+                error=cut_output_error(self.max_new_tokens),
                 output=generated.text,
             )
         return self.decode(prompt, generated.text, notes=generated.notes)

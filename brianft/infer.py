@@ -51,6 +51,21 @@ class Generated:
     cut: bool = False  # stopped at max_new_tokens before the model ended its output
 
 
+def cut_output_error(max_new_tokens: int) -> str:
+    """Why an output stopped at the token limit is an error, never a plan: it may lack intents or fields."""
+    return (
+        f"the model's output reached the limit of {max_new_tokens} new tokens before it ended, so it may be "
+        "incomplete; raise max_new_tokens (train.max_new_tokens in the run's config)"
+    )
+
+
+def decode_generated(generated: Generated, canonicalizer: Canonicalizer, max_new_tokens: int) -> Prediction:
+    """`decode_prediction` of a generation, or an error where the token limit cut it."""
+    if generated.cut:
+        return Prediction(text=generated.text, error=cut_output_error(max_new_tokens))
+    return decode_prediction(generated.text, canonicalizer)
+
+
 def generate_texts(model, tokenizer, requests: Sequence[str], **options) -> list[str]:
     """The output text of each request: `generate` without the notes."""
     return [out.text for out in generate(model, tokenizer, requests, **options)]

@@ -32,7 +32,7 @@ from brianft.config import Config, dump_config
 from brianft.cpus import available_cpus
 from brianft.data.dataset import build_splits
 from brianft.evaluate import score_predictions
-from brianft.infer import Prediction, decode_prediction, generate
+from brianft.infer import decode_generated, generate
 from brianft.model import apply_lora, backbone_and_head, load_base_model
 from brianft.normalize import Canonicalizer, Registry
 from brianft.prompting import (
@@ -245,14 +245,8 @@ def evaluate_examples(
         grammars=request_grammars(prompts, SpanFinder(canonicalizer), config.data.target_format),
         draft_tiebreak=0.0 if model_alone else DRAFT_TIEBREAK_NATS,
     )
-    # An output cut at the token limit may lack intents or fields: a failure, as the Extractor serves it.
-    limit = config.train.max_new_tokens
-    predictions = [
-        Prediction(text=out.text, error=f"the output reached max_new_tokens ({limit}) before it ended")
-        if out.cut
-        else decode_prediction(out.text, canonicalizer)
-        for out in generated
-    ]
+    # An output cut at the token limit is a failure, as the Extractor serves it.
+    predictions = [decode_generated(out, canonicalizer, config.train.max_new_tokens) for out in generated]
     return score_predictions(examples, predictions), predictions
 
 

@@ -99,6 +99,14 @@ def build_splits(config: DataConfig, canonicalizer: Canonicalizer) -> Splits:
     train, validation, test = split_by_hash(
         labelled, config.validation_fraction, config.test_fraction, salt=f"labelled-{config.seed}"
     )
+
+    # Requests of the training template families and the written ones: train and validation only.
+    def add_to_train_and_validation(examples: list[Example], salt: str) -> None:
+        kept = [e for e in examples if keep(e)]
+        to_train, to_validation, _ = split_by_hash(kept, config.validation_fraction, 0.0, f"{salt}-{config.seed}")
+        train.extend(to_train)
+        validation.extend(to_validation)
+
     training_families = [name for name in FAMILIES if name not in HELD_OUT_FAMILIES]
     if config.synthetic_train:
         synthetic = generate_examples(
@@ -108,10 +116,7 @@ def build_splits(config: DataConfig, canonicalizer: Canonicalizer) -> Splits:
             families=training_families,
             canonicalizer=canonicalizer,
         )
-        synthetic = [e for e in synthetic if keep(e)]
-        s_train, s_validation, _ = split_by_hash(synthetic, config.validation_fraction, 0.0, f"synthetic-{config.seed}")
-        train += s_train
-        validation += s_validation
+        add_to_train_and_validation(synthetic, "synthetic")
     if config.synthetic_test:
         held_out = generate_examples(
             config.synthetic_test,
@@ -124,10 +129,7 @@ def build_splits(config: DataConfig, canonicalizer: Canonicalizer) -> Splits:
     # Loaded last, so that every other split is the same with or without them; a written
     # request equal to one already placed is dropped here.
     if config.written:
-        written = [e for e in load_curated(canonicalizer, "written") if keep(e)]
-        w_train, w_validation, _ = split_by_hash(written, config.validation_fraction, 0.0, f"written-{config.seed}")
-        train += w_train
-        validation += w_validation
+        add_to_train_and_validation(load_curated(canonicalizer, "written"), "written")
     # Hand-written requests carry the phrasing variety templates lack; repeating them weighs
     # them more without letting any prompt cross into another split.
     train += [e for e in train if e.source in HAND_WRITTEN] * (config.curated_repeat - 1)

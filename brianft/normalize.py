@@ -146,12 +146,34 @@ def canonical_amount(raw: str) -> str:
         value = _EXACT.multiply(_parse_number(match.group(1)), _SUFFIXES[match.group(2)])
     elif (words := _parse_number_words(text.split())) is not None:
         value = words
+    elif (mixed := _parse_mixed_number(text)) is not None:
+        value = mixed
     elif (spoken := _parse_point_number(text)) is not None:
         value = spoken
     else:
         value = _parse_number(text)
     # Zero is a real amount (an allowance of 0 revokes it); negatives never parse.
     return _decimal_text(value)
+
+
+_FRACTION_TAILS = {
+    " and a half": Decimal("0.5"),
+    " and a quarter": Decimal("0.25"),
+    " and three quarters": Decimal("0.75"),
+}
+
+
+def _parse_mixed_number(text: str) -> Decimal | None:
+    """'one and a half' -> 1.5, '2 and a quarter' -> 2.25; None otherwise."""
+    for tail, fraction in _FRACTION_TAILS.items():
+        whole = text.removesuffix(tail)
+        if whole == text or not whole:
+            continue
+        number = _parse_number_words(whole.split())
+        if number is None and _PLAIN.match(whole):
+            number = Decimal(whole)
+        return None if number is None else number + fraction
+    return None
 
 
 def _parse_point_number(text: str) -> Decimal | None:

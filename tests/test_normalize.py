@@ -97,6 +97,10 @@ AMOUNT_WORDS = [
     ("one million two hundred thousand", "1200000"),
     ("two million three hundred and forty five thousand six hundred and seventy eight", "2345678"),
     ("one billion", "1000000000"),
+    ("one and a half", "1.5"),
+    ("Two and a Half", "2.5"),
+    ("twenty five and a quarter", "25.25"),
+    ("3 and three quarters", "3.75"),
 ]
 
 AMOUNT_SHARES = [
@@ -167,6 +171,9 @@ AMOUNT_INVALID = [
     "one hundred one hundred",
     "thousand thousand",
     "one thousand two million",
+    "and a half",
+    "lots and a half",
+    "five five and a half",
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import NamedTuple
 
 from brianft.normalize import Canonicalizer, NormalizationError
 from brianft.schema import Example, Intent
@@ -19,6 +20,21 @@ _WORD = re.compile(r"\S+")
 # Punctuation that ends a sentence or wraps a word, but is never part of a value.
 _FILLER_WORDS = frozenset({"of", "my", "the", "it", "your", "our", "on", "to", "from", "in"})
 _EDGE_PUNCTUATION = "\"'()[]{}!?,;:.…*"
+# Words that put the next one in a chain's or protocol's place ("on arb", "from mainnet",
+# "over to base", "in the Aave safety module"), keyed by field.
+_CHAIN_CUES = frozenset({"on", "from", "to", "onto", "into", "via", "over", "across", "in", "at"})
+_PROTOCOL_CUES = frozenset({"on", "from", "to", "into", "via", "in", "at", "with", "the", "using", "through"})
+_CUES = {"chain": _CHAIN_CUES, "dest_chain": _CHAIN_CUES, "protocol": _PROTOCOL_CUES}
+# Fields whose names are also tickers ("arb", "Aave") pick their span first; the rest avoid it.
+_NAME_FIELDS = ("chain", "dest_chain", "protocol")
+
+
+class _Candidate(NamedTuple):
+    words: int
+    start: int
+    end: int
+    text: str
+    before: str  # the previous word, lower-cased
 
 
 def word_spans(prompt: str, pattern: re.Pattern[str] = _WORD) -> list[tuple[int, int]]:
@@ -38,16 +54,17 @@ def word_spans(prompt: str, pattern: re.Pattern[str] = _WORD) -> list[tuple[int,
     return spans
 
 
-def _candidates(prompt: str) -> list[tuple[int, int, str]]:
-    """(word count, start offset, text) of every n-gram of up to MAX_SPAN_WORDS words."""
+def _candidates(prompt: str) -> list[_Candidate]:
+    """Every n-gram of up to MAX_SPAN_WORDS words."""
     words = word_spans(prompt)
     out = []
     for i in range(len(words)):
+        before = prompt[words[i - 1][0] : words[i - 1][1]].lower() if i else ""
         for n in range(1, MAX_SPAN_WORDS + 1):
             if i + n > len(words):
                 break
             start, end = words[i][0], words[i + n - 1][1]
-            out.append((n, start, prompt[start:end]))
+            out.append(_Candidate(n, start, end, prompt[start:end], before))
     return out
 
 
@@ -91,33 +108,45 @@ class SpanFinder:
         return self._canonicalizer.registry.lists(text, "chains", "protocols")
 
     def find(self, prompt: str, field: str, value: str) -> str | None:
-        """The span of `prompt` that canonicalises to `value`, or None.
+        """The span of `prompt` that canonicalises to `value`, or None."""
+        best = self._best(prompt, field, value)
+        return best.text if best else None
 
-        The longest span wins ("eth mainnet" over "eth", "one hundred and fifty" over
+    def _best(self, prompt: str, field: str, value: str, taken: list[_Candidate] = ()) -> _Candidate | None:
+        """The longest span wins ("eth mainnet" over "eth", "one hundred and fifty" over
         "hundred and fifty"), except spans that begin or end with a filler word ("half" over
-        "half of my"). Among equals, chains take the last occurrence (chains tend to follow
-        the token: "eth ... on mainnet"), others the first.
+        "half of my"). Then chains and protocols prefer a span after a cue word ("on arb" over
+        the ticker "ARB"). Then chains take the last occurrence (chains tend to follow the
+        token: "eth ... on mainnet"), other fields the first. Spans overlapping `taken` lose
+        unless nothing else matches.
         """
-        matches = [(n, start, text) for n, start, text in _candidates(prompt) if self._canonical(field, text) == value]
+        matches = [c for c in _candidates(prompt) if self._canonical(field, c.text) == value]
         if not matches:
             return None
+        cues = _CUES.get(field, frozenset())
         last = field in ("chain", "dest_chain")
 
-        def preference(match: tuple[int, int, str]) -> tuple[bool, int, int]:
-            n, start, text = match
-            words = text.lower().split()
+        def preference(match: _Candidate) -> tuple:
+            words = match.text.lower().split()
+            free = not any(match.start < t.end and t.start < match.end for t in taken)
             clean_edges = words[0] not in _FILLER_WORDS and words[-1] not in _FILLER_WORDS
-            return clean_edges, n, start if last else -start
+            return free, clean_edges, match.words, match.before in cues, match.start if last else -match.start
 
-        best = max(matches, key=preference)
-        return best[2]
+        return max(matches, key=preference)
 
     def raw_for_intent(self, prompt: str, intent: Intent) -> dict[str, str]:
-        raw = {}
-        for field, value in intent.fields().items():
-            if (span := self.find(prompt, field, value)) is not None:
-                raw[field] = span
-        return raw
+        """Raw spans, chains and protocols first and every other field away from their words:
+        where a chain or protocol is named like a token ("on arb, send 25 ARB", "stake my AAVE
+        in the Aave safety module"), each field copies its own occurrence instead of both
+        taking the same one."""
+        fields = intent.fields()
+        taken: list[_Candidate] = []
+        found: dict[str, str] = {}
+        for field in sorted(fields, key=lambda name: name not in _NAME_FIELDS):
+            if (best := self._best(prompt, field, fields[field], taken)) is not None:
+                found[field] = best.text
+                taken.append(best)
+        return {field: found[field] for field in fields if field in found}
 
     def with_raw(self, example: Example) -> Example:
         """The example with `raw` filled in for every value found in its prompt."""

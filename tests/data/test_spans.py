@@ -50,3 +50,46 @@ def test_with_raw_fills_every_found_field(finder):
 def test_possessive_is_not_part_of_the_span(finder):
     assert finder.find("check bob.eth's eth balance", "address", "bob.eth") == "bob.eth"
     assert finder.find("what's usdc's total supply", "token1", "USDC") == "usdc"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "intent", "raw"),
+    [
+        # A chain named like the token: each field copies its own occurrence.
+        (
+            "on arb, send 25 ARB to bob.eth",
+            Intent(action=Action.TRANSFER, token1="ARB", amount="25", chain="arbitrum", address="bob.eth"),
+            {"token1": "ARB", "amount": "25", "chain": "arb", "address": "bob.eth"},
+        ),
+        (
+            "Could you wrap ten AVAX? I'm on Avalanche and need WAVAX for a pool.",
+            Intent(action=Action.WRAP, token1="AVAX", amount="10", chain="avalanche"),
+            {"token1": "AVAX", "amount": "ten", "chain": "Avalanche"},
+        ),
+        (
+            "on bnb chain I have some BNB, wrap 3 of them",
+            Intent(action=Action.WRAP, token1="BNB", amount="3", chain="bsc"),
+            {"token1": "BNB", "amount": "3", "chain": "bnb chain"},
+        ),
+        # A protocol named like the token.
+        (
+            "I'd like to stake all my AAVE tokens in the Aave safety module.",
+            Intent(action=Action.STAKE, token1="AAVE", amount="max", protocol="aave"),
+            {"token1": "AAVE", "amount": "all", "protocol": "Aave"},
+        ),
+        (
+            "Please grant Uniswap permission to spend my UNI. The amount is 100.",
+            Intent(action=Action.APPROVE, token1="UNI", amount="100", protocol="uniswap"),
+            {"token1": "UNI", "amount": "100", "protocol": "Uniswap"},
+        ),
+        # The longer chain name still beats a cued ticker ("to ETH").
+        (
+            "rETH to ETH, 4 rETH, ethereum mainnet",
+            Intent(action=Action.SWAP, token1="RETH", token2="ETH", amount="4", chain="ethereum"),
+            {"token1": "rETH", "token2": "ETH", "amount": "4", "chain": "ethereum mainnet"},
+        ),
+    ],
+)
+def test_fields_named_alike_take_their_own_words(finder, prompt, intent, raw):
+    assert finder.raw_for_intent(prompt, intent) == raw
+    assert list(finder.raw_for_intent(prompt, intent)) == list(intent.fields())  # field order kept

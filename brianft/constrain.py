@@ -26,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from brianft.data.spans import SpanFinder, word_spans
+from brianft.data.spans import WORD, SpanFinder, word_spans
 from brianft.schema import ALLOWED_FIELDS, FIELDS, Action
 from brianft.target import FIELD_SEPARATOR, NO_INTENT, SLOT_FIELDS, SLOT_SEPARATOR, TargetFormat
 
@@ -46,8 +46,8 @@ _FIELD_ORDER = {name: index for index, name in enumerate(FIELDS)}
 # Fields whose values are read exactly like an earlier field's (FIELDS order): built once.
 _SAME_VALUES = {"token2": "token1", "amount_out": "amount", "dest_chain": "chain"}
 # A value starts and ends at a word's edge, or where a number meets the word glued to it ("49ether"),
-# but never inside a hex address: the "0" of "0xd88e..." is no amount.
-_PIECE = re.compile(r"(?!0[xX][0-9a-fA-F])\d[\d.,]*(?=[^\W\d_])|\S+")
+# but never inside a hex address: the "0" of "0xd88e..." is no amount; an arrow is a word ("ETH→WETH").
+_PIECE = re.compile(r"(?!0[xX][0-9a-fA-F])\d[\d.,]*(?=[^\W\d_])|" + WORD.pattern)
 # Words after which a name that is both a token and a chain ("eth", "matic") is the token.
 _TOKEN_CUES = frozenset({"my", "of", "for", "plain", "the", "some", "your", "our", "all", "more", "much"})
 

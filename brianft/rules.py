@@ -35,6 +35,7 @@ from functools import lru_cache
 
 from rapidfuzz.distance import DamerauLevenshtein
 
+from brianft.data.spans import WORD
 from brianft.infer import Prediction, decode_prediction
 from brianft.normalize import Canonicalizer, NormalizationError, canonical_address, canonical_amount
 from brianft.schema import ALLOWED_FIELDS, Action
@@ -200,7 +201,6 @@ _OUTPUT_FIELDS: dict[Action, tuple[str, ...]] = {
     Action.TOTAL_SUPPLY: ("token1",),
 }
 
-_WORD = re.compile(r"\S+")
 _LEADING_PUNCT = "\"'([{*<“‘«"
 _TRAILING_PUNCT = "\"')]}!?,;:.…*”’»"
 _BREAK_PUNCT = frozenset(",;:.!?…")
@@ -254,7 +254,7 @@ class _Word:
 
 def _words(request: str, keep_whole: Callable[[str], bool]) -> list[_Word]:
     words: list[_Word] = []
-    for match in _WORD.finditer(request):
+    for match in WORD.finditer(request):
         start, end = match.start(), match.end()
         while start < end and request[start] in _LEADING_PUNCT:
             start += 1

@@ -49,6 +49,10 @@ def test_every_label_of_the_default_data_is_allowed(spans, fmt):
         ("send 0.1 eth to vitalik.eth", "transfer; token1=eth; amount=0.1; address=vitalik.eth"),
         ("bal?", "balance"),
         ("how do I make an omelette?", "none"),
+        ("ETH→WETH 4.25 on arb", "wrap; token1=ETH; amount=4.25; chain=arb"),  # a glued arrow splits words
+        ("stargate 200 USDC arb->op", "bridge; token1=USDC; amount=200; chain=arb; dest_chain=op"),
+        ("can you wrap one and a half eth for me", "wrap; token1=eth; amount=one and a half"),
+        ("stake 3 bnb with ankr on bsc", "stake; token1=bnb; amount=3; chain=bsc; protocol=ankr"),
         ("pls take 49ether out of my stake with lido", "unstake; token1=ether; amount=49; protocol=lido"),
         (
             "wrap 1 eth, then deposit 1 weth into aave v3",

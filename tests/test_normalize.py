@@ -311,9 +311,18 @@ CHAIN_SLUGS = [
     "chiado",
     "sepolia",
     "solana",
+    "tron",
+    "opbnb",
+    "starknet",
+    "ronin",
+    "cronos",
+    "aptos",
+    "unichain",
 ]
 
 CHAIN_SYNONYMS = [
+    ("opBNB", "opbnb"),
+    ("op bnb", "opbnb"),
     ("mainnet", "ethereum"),
     ("Mainnet", "ethereum"),
     ("eth mainnet", "ethereum"),
@@ -526,6 +535,12 @@ PROTOCOLS = [
     ("Gearbox Protocol", "gearboxprotocol"),  # unknown protocols: squashed slug
     ("Hawaii", "hawaii"),  # a trailing "ii" inside a word is not a version
     ("Symbiotic", "symbiotic"),
+    ("Stargate Finance", "stargate"),
+    ("KyberSwap", "kyberswap"),
+    ("Kyber Network", "kyberswap"),
+    ("ZeroLend", "zerolend"),
+    ("StakeWise", "stakewise"),
+    ("OpenSea", "opensea"),
 ]
 
 PROTOCOLS_INVALID = ["", "   ", "v3", "???", "ünï"]

@@ -16,7 +16,8 @@ from brianft.normalize import Canonicalizer, NormalizationError
 from brianft.schema import Example, Intent
 
 MAX_SPAN_WORDS = 5
-_WORD = re.compile(r"\S+")
+# A word; an arrow is a word of its own even when glued to its neighbours ("ETH→WETH", "arb->op").
+WORD = re.compile(r"->|→|(?:[^\s→-]|-(?!>))+")
 # Punctuation that ends a sentence or wraps a word, but is never part of a value.
 _FILLER_WORDS = frozenset({"of", "my", "the", "it", "your", "our", "on", "to", "from", "in"})
 _EDGE_PUNCTUATION = "\"'()[]{}!?,;:.…*"
@@ -37,7 +38,7 @@ class _Candidate(NamedTuple):
     before: str  # the previous word, lower-cased
 
 
-def word_spans(prompt: str, pattern: re.Pattern[str] = _WORD) -> list[tuple[int, int]]:
+def word_spans(prompt: str, pattern: re.Pattern[str] = WORD) -> list[tuple[int, int]]:
     """(start, end) of each `pattern` match (default: each word), edge punctuation and a
     possessive "'s" trimmed; a leading "." stays (".5")."""
     spans = []

@@ -93,3 +93,24 @@ def test_possessive_is_not_part_of_the_span(finder):
 def test_fields_named_alike_take_their_own_words(finder, prompt, intent, raw):
     assert finder.raw_for_intent(prompt, intent) == raw
     assert list(finder.raw_for_intent(prompt, intent)) == list(intent.fields())  # field order kept
+
+
+def test_an_arrow_is_a_word_even_when_glued():
+    from brianft.data.spans import word_spans
+
+    def words(text):
+        return [text[start:end] for start, end in word_spans(text)]
+
+    assert words("ETH→WETH 4.25 on arb") == ["ETH", "→", "WETH", "4.25", "on", "arb"]
+    assert words("bridge 200 usdc arb->op") == ["bridge", "200", "usdc", "arb", "->", "op"]
+    assert words("avax c-chain, -5") == ["avax", "c-chain", "-5"]  # a hyphen alone splits nothing
+
+
+def test_glued_arrow_values_are_found(finder):
+    intent = Intent(action=Action.BRIDGE, token1="USDC", amount="200", chain="arbitrum", dest_chain="optimism")
+    assert finder.raw_for_intent("stargate 200 USDC arb→op", intent) == {
+        "token1": "USDC",
+        "amount": "200",
+        "chain": "arb",
+        "dest_chain": "op",
+    }

@@ -26,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from brianft.data.spans import WORD, SpanFinder, word_spans
+from brianft.data.spans import WORD, SpanFinder, WordRun, word_runs, word_spans
 from brianft.schema import ALLOWED_FIELDS, FIELDS, Action
 from brianft.target import FIELD_SEPARATOR, NO_INTENT, SLOT_FIELDS, SLOT_SEPARATOR, TargetFormat
 
@@ -203,26 +203,14 @@ class OutputGrammar:
         return False if any(option.startswith(value) for option in options) else None
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    text: str
-    before: str  # the word before it, lower case
-    start: int
-    end: int
-
-
-def _value_candidates(request: str) -> list[_Candidate]:
+def _value_candidates(request: str) -> list[WordRun]:
     """Every run of up to MAX_VALUE_WORDS pieces of the request, edge punctuation trimmed, with
     the word before it, in order of appearance."""
-    pieces = word_spans(request, _PIECE)
     out = []
-    for i, (start, _) in enumerate(pieces):
-        before = request[pieces[i - 1][0] : pieces[i - 1][1]].lower() if i else ""
-        for j in range(i, min(i + MAX_VALUE_WORDS, len(pieces))):
-            end = pieces[j][1]
-            out.append(_Candidate(request[start:end], before, start, end))
-            if request[end : end + 1] == ".":  # "usdc." may end "usdc.e"; also keep the dot
-                out.append(_Candidate(request[start : end + 1], before, start, end + 1))
+    for run in word_runs(request, MAX_VALUE_WORDS, _PIECE):
+        out.append(run)
+        if request[run.end : run.end + 1] == ".":  # "usdc." may end "usdc.e"; also keep the dot
+            out.append(run._replace(end=run.end + 1, text=request[run.start : run.end + 1]))
     return out
 
 
@@ -237,7 +225,7 @@ def _amount_word_cuts(request: str, spans: SpanFinder) -> set[int]:
     return cuts
 
 
-def _known_names(candidates: list[_Candidate], spans: SpanFinder) -> list[tuple[int, int]]:
+def _known_names(candidates: list[WordRun], spans: SpanFinder) -> list[tuple[int, int]]:
     """Where the request writes, in several words, a chain or protocol name the registry lists
     ("rocket pool", "binance smart chain"): none of their words is a ticker of its own."""
     return [(c.start, c.end) for c in candidates if " " in c.text and spans.is_registry_name(c.text)]

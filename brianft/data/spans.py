@@ -27,15 +27,17 @@ _CHAIN_CUES = frozenset({"on", "from", "to", "onto", "into", "via", "over", "acr
 _PROTOCOL_CUES = frozenset({"on", "from", "to", "into", "via", "in", "at", "with", "the", "using", "through"})
 _CUES = {"chain": _CHAIN_CUES, "dest_chain": _CHAIN_CUES, "protocol": _PROTOCOL_CUES}
 # Fields whose names are also tickers ("arb", "Aave") pick their span first; the rest avoid it.
-_NAME_FIELDS = ("chain", "dest_chain", "protocol")
+_NAME_FIELDS = tuple(_CUES)
 
 
-class _Candidate(NamedTuple):
+class WordRun(NamedTuple):
+    """A run of consecutive words of a request."""
+
     words: int
     start: int
     end: int
     text: str
-    before: str  # the previous word, lower-cased
+    before: str  # the word before the run, lower-cased ("" at the start)
 
 
 def word_spans(prompt: str, pattern: re.Pattern[str] = WORD) -> list[tuple[int, int]]:
@@ -55,17 +57,15 @@ def word_spans(prompt: str, pattern: re.Pattern[str] = WORD) -> list[tuple[int, 
     return spans
 
 
-def _candidates(prompt: str) -> list[_Candidate]:
-    """Every n-gram of up to MAX_SPAN_WORDS words."""
-    words = word_spans(prompt)
+def word_runs(prompt: str, max_words: int = MAX_SPAN_WORDS, pattern: re.Pattern[str] = WORD) -> list[WordRun]:
+    """Every run of up to `max_words` words (`word_spans` with `pattern`), in order of appearance."""
+    words = word_spans(prompt, pattern)
     out = []
     for i in range(len(words)):
         before = prompt[words[i - 1][0] : words[i - 1][1]].lower() if i else ""
-        for n in range(1, MAX_SPAN_WORDS + 1):
-            if i + n > len(words):
-                break
+        for n in range(1, min(max_words, len(words) - i) + 1):
             start, end = words[i][0], words[i + n - 1][1]
-            out.append(_Candidate(n, start, end, prompt[start:end], before))
+            out.append(WordRun(n, start, end, prompt[start:end], before))
     return out
 
 
@@ -110,10 +110,10 @@ class SpanFinder:
 
     def find(self, prompt: str, field: str, value: str) -> str | None:
         """The span of `prompt` that canonicalises to `value`, or None."""
-        best = self._best(prompt, field, value)
+        best = self._best(word_runs(prompt), field, value)
         return best.text if best else None
 
-    def _best(self, prompt: str, field: str, value: str, taken: list[_Candidate] = ()) -> _Candidate | None:
+    def _best(self, runs: list[WordRun], field: str, value: str, taken: list[WordRun] = ()) -> WordRun | None:
         """The longest span wins ("eth mainnet" over "eth", "one hundred and fifty" over
         "hundred and fifty"), except spans that begin or end with a filler word ("half" over
         "half of my"). Then chains and protocols prefer a span after a cue word ("on arb" over
@@ -121,13 +121,13 @@ class SpanFinder:
         token: "eth ... on mainnet"), other fields the first. Spans overlapping `taken` lose
         unless nothing else matches.
         """
-        matches = [c for c in _candidates(prompt) if self._canonical(field, c.text) == value]
+        matches = [run for run in runs if self._canonical(field, run.text) == value]
         if not matches:
             return None
         cues = _CUES.get(field, frozenset())
         last = field in ("chain", "dest_chain")
 
-        def preference(match: _Candidate) -> tuple:
+        def preference(match: WordRun) -> tuple:
             words = match.text.lower().split()
             free = not any(match.start < t.end and t.start < match.end for t in taken)
             clean_edges = words[0] not in _FILLER_WORDS and words[-1] not in _FILLER_WORDS
@@ -141,10 +141,11 @@ class SpanFinder:
         in the Aave safety module"), each field copies its own occurrence instead of both
         taking the same one."""
         fields = intent.fields()
-        taken: list[_Candidate] = []
+        runs = word_runs(prompt)
+        taken: list[WordRun] = []
         found: dict[str, str] = {}
         for field in sorted(fields, key=lambda name: name not in _NAME_FIELDS):
-            if (best := self._best(prompt, field, fields[field], taken)) is not None:
+            if (best := self._best(runs, field, fields[field], taken)) is not None:
                 found[field] = best.text
                 taken.append(best)
         return {field: found[field] for field in fields if field in found}

@@ -248,6 +248,28 @@ def _read_yaml_mapping(path: Path | Any) -> dict:
     return data
 
 
+def _read_kinds(path: Path | Any) -> dict[str, Any]:
+    """kinds.yaml: `staking_protocols` (a list of protocol slugs) and `wrapped_natives` (native
+    ticker -> wrapped ticker); each key present replaces the earlier file's."""
+    data = _read_yaml_mapping(path)
+    if unknown := sorted(set(data) - {"staking_protocols", "wrapped_natives"}):
+        raise RegistryError(f"{path}: unknown keys {unknown}")
+    kinds: dict[str, Any] = {}
+    if "staking_protocols" in data:
+        slugs = data["staking_protocols"]
+        if not isinstance(slugs, list) or not all(isinstance(s, str) and s.strip() for s in slugs):
+            raise RegistryError(f"{path}: staking_protocols must be a list of protocol slugs")
+        kinds["staking_protocols"] = [_clean_name(s) for s in slugs]
+    if "wrapped_natives" in data:
+        pairs = data["wrapped_natives"]
+        if not isinstance(pairs, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k.strip() and v.strip() for k, v in pairs.items()
+        ):
+            raise RegistryError(f"{path}: wrapped_natives must map native tickers to wrapped tickers")
+        kinds["wrapped_natives"] = {k.strip().upper(): v.strip().upper() for k, v in pairs.items()}
+    return kinds
+
+
 def _clean_name(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
@@ -259,6 +281,8 @@ class Registry:
     tokens: dict[str, str] = field(default_factory=dict)
     chains: dict[str, str] = field(default_factory=dict)
     protocols: dict[str, str] = field(default_factory=dict)
+    staking_protocols: frozenset[str] = frozenset()  # protocol slugs that only stake (kinds.yaml)
+    wrapped_natives: dict[str, str] = field(default_factory=dict)  # native ticker -> wrapped ticker
 
     @classmethod
     def load(cls, extra_dirs: Iterable[Path] = ()) -> Registry:
@@ -268,6 +292,7 @@ class Registry:
         tokens: dict[str, str] = {}
         chains: dict[str, str] = {}
         protocols: dict[str, str] = {}
+        kinds: dict[str, Any] = {}
         for source in sources:
             if isinstance(source, Path) and not source.is_dir():
                 raise RegistryError(f"registry directory not found: {source}")
@@ -287,7 +312,15 @@ class Registry:
                     canonical = _clean_name(str(slug))
                     for name in [canonical, *synonyms]:
                         target[_clean_name(name)] = canonical
-        return cls(tokens=tokens, chains=chains, protocols=protocols)
+            if (path := source / "kinds.yaml").is_file():
+                kinds |= _read_kinds(path)
+        return cls(
+            tokens=tokens,
+            chains=chains,
+            protocols=protocols,
+            staking_protocols=frozenset(kinds.get("staking_protocols", ())),
+            wrapped_natives=dict(kinds.get("wrapped_natives", {})),
+        )
 
     def lists(self, text: str, *tables: str) -> bool:
         """Whether `text` itself, cleaned as the registry files' names are, is a name in any of
@@ -334,6 +367,9 @@ _CHAIN_NOISE_WORDS = ("the", "chain", "network", "mainnet", "blockchain")
 # A version suffix: "v3", "v 2", "version 3", or a Roman numeral as a separate word ("Compound III",
 # but not the end of "Hawaii").
 _PROTOCOL_VERSION = re.compile(r"(?:\s*v\s?\d+(?:\.\d+)?|\s+(?:version \d+|iii|ii|iv))$")
+
+
+_STAKING_FORM = {Action.DEPOSIT: Action.STAKE, Action.WITHDRAW: Action.UNSTAKE}
 
 
 def _strip_versions(text: str) -> str:
@@ -431,6 +467,28 @@ class Canonicalizer:
             return self.protocol(raw)
         raise NormalizationError(f"unknown field {field_name!r}")
 
+    def settled_action(self, action: Action, values: dict[str, str]) -> tuple[Action, dict[str, str], str | None]:
+        """The action that the registry's facts (kinds.yaml) settle for canonical `values`, the
+        values it carries, and what changed (None: nothing). Only a relabelling of values already
+        there: a staking-only protocol takes no deposit or withdrawal, and exchanging a native coin
+        for its own wrapped token (or back) is a wrap (an unwrap), whatever verb the request used."""
+        protocol = values.get("protocol")
+        if action in _STAKING_FORM and protocol in self.registry.staking_protocols:
+            settled = _STAKING_FORM[action]
+            return settled, values, f"{action} with {protocol}, a staking protocol, read as {settled}"
+        token1, token2 = values.get("token1"), values.get("token2")
+        if action is Action.SWAP and token1 and token2:
+            wrapped = self.registry.wrapped_natives
+            settled = Action.WRAP if wrapped.get(token1) == token2 else None
+            settled = Action.UNWRAP if wrapped.get(token2) == token1 else settled
+            if settled is not None:
+                # one-to-one: the amount given is the amount received
+                kept = {"token1": token1, "amount": values.get("amount") or values.get("amount_out")}
+                kept["chain"] = values.get("chain")
+                kept = {name: value for name, value in kept.items() if value is not None}
+                return settled, kept, f"swap of {token1} for {token2} read as {settled}"
+        return action, values, None
+
     def intent(self, raw: Mapping[str, Any], *, strict: bool = False) -> CanonicalIntent:
         """Canonicalise one raw intent. Bad fields are dropped and reported, never repaired.
 
@@ -471,6 +529,10 @@ class Canonicalizer:
                 problems.append(Problem("warning", name, f"unknown chain {values[name]!r}"))
             if name == "address" and (warning := checksum_warning(values[name])):
                 problems.append(Problem("warning", name, warning))
+        action, values, change = self.settled_action(action, values)
+        if change is not None:
+            # a label must already name the settled action; model output is relabelled, and says so
+            problems.append(Problem("error" if strict else "warning", "action", change))
         try:
             intent = Intent(action=action, **values)
         except ValidationError as exc:  # pragma: no cover - values are already checked above

@@ -855,6 +855,93 @@ def test_registry_bad_file(tmp_path, filename, text, match):
         Registry.load([tmp_path])
 
 
+# --------------------------------------------------------------------------- actions the registry settles
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # a staking-only protocol takes no deposit or withdrawal
+        (
+            {"action": "withdraw", "token1": "eth", "amount": "50", "protocol": "Lido"},
+            {"action": "unstake", "token1": "ETH", "amount": "50", "protocol": "lido"},
+        ),
+        (
+            {"action": "deposit", "token1": "steth", "amount": "half", "protocol": "EigenLayer", "chain": "mainnet"},
+            {"action": "stake", "token1": "STETH", "amount": "50%", "protocol": "eigenlayer", "chain": "ethereum"},
+        ),
+        # a native coin for its own wrapped token, or back, is a wrap or an unwrap
+        (
+            {"action": "swap", "token1": "weth", "token2": "eth", "amount": "2", "chain": "arbitrum one"},
+            {"action": "unwrap", "token1": "WETH", "amount": "2", "chain": "arbitrum"},
+        ),
+        (
+            {"action": "swap", "token1": "bnb", "token2": "wbnb", "amount_out": "3"},
+            {"action": "wrap", "token1": "BNB", "amount": "3"},  # one to one: the amount received is the amount given
+        ),
+    ],
+)
+def test_registry_facts_settle_the_action_and_say_so(raw, expected):
+    result = CANON.intent(raw)
+    assert result.intent.to_dict() == expected
+    assert [(p.severity, p.field) for p in result.problems] == [("warning", "action")]
+    assert raw["action"] in result.problems[0].message and expected["action"] in result.problems[0].message
+    # a label must already name the settled action
+    assert CANON.intent({**raw, "token1": raw["token1"].upper()}, strict=True).errors[0].field == "action"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"action": "withdraw", "token1": "usdc", "amount": "5", "protocol": "aave"},  # aave lends (and stakes)
+        {"action": "withdraw", "token1": "weth", "amount": "5"},  # no protocol named: nothing to settle
+        {"action": "deposit", "token1": "eth", "amount": "1", "protocol": "mystery"},  # unknown protocol
+        {"action": "stake", "token1": "eth", "amount": "1", "protocol": "lido"},
+        {"action": "swap", "token1": "weth", "token2": "usdc", "amount": "1"},
+        {"action": "swap", "token1": "eth", "token2": "wbnb", "amount": "1"},  # not its own wrapped token
+        {"action": "swap", "token1": "weth", "amount": "1"},
+    ],
+)
+def test_registry_facts_leave_other_actions_alone(raw):
+    result = CANON.intent(raw)
+    assert result.intent.action == raw["action"] and result.problems == []
+
+
+def test_registry_kinds_file_extends_and_replaces(tmp_path):
+    (tmp_path / "kinds.yaml").write_text("staking_protocols: [Gearbox]\nwrapped_natives: {hype: whype}\n")
+    canon = Canonicalizer(Registry.load([tmp_path]))
+
+    def withdraw_from(protocol):
+        return canon.intent({"action": "withdraw", "token1": "eth", "amount": "1", "protocol": protocol}).intent.action
+
+    assert withdraw_from("gearbox") == "unstake"
+    assert withdraw_from("lido") == "withdraw"  # the list replaces the packaged one
+    assert canon.intent({"action": "swap", "token1": "HYPE", "token2": "whype", "amount": "1"}).intent.action == "wrap"
+
+
+def test_packaged_staking_protocols_and_wrapped_natives_are_registry_names():
+    registry = Registry.load()
+    assert registry.staking_protocols and registry.staking_protocols <= registry.protocol_slugs
+    assert registry.wrapped_natives["ETH"] == "WETH"
+    assert all(wrapped == "W" + native for native, wrapped in registry.wrapped_natives.items())
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("staking_protocols: lido\n", "list of protocol slugs"),
+        ("staking_protocols: [1]\n", "list of protocol slugs"),
+        ("wrapped_natives: [ETH, WETH]\n", "wrapped tickers"),
+        ("wrapped_natives: {ETH: 3}\n", "wrapped tickers"),
+        ("lending_protocols: [aave]\n", "unknown keys"),
+    ],
+)
+def test_registry_bad_kinds_file(tmp_path, text, match):
+    (tmp_path / "kinds.yaml").write_text(text)
+    with pytest.raises(RegistryError, match=match):
+        Registry.load([tmp_path])
+
+
 def test_registry_missing_directory(tmp_path):
     with pytest.raises(RegistryError, match="not found"):
         Registry.load([tmp_path / "nope"])

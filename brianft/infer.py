@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from brianft.constrain import DRAFT_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
+from brianft.constrain import COVERAGE_NATS, DRAFT_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
 from brianft.drafting import DraftVerifyDecoder, PrefixCache, Row
 from brianft.normalize import Canonicalizer
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
@@ -136,8 +136,12 @@ def _pickers(
     if not grammars:
         return None
     drafts = drafts or [""] * len(grammars)
+    # no draft tiebreak (the model alone: zero-shot, validation during training): no coverage nudge either
+    coverage = COVERAGE_NATS if draft_tiebreak > 0 else 0.0
     return [
-        ConstrainedPicker(tokenizer, grammar, tokenizer.eos_token_id, 0.0 if _reads_nothing(draft) else draft_tiebreak)
+        ConstrainedPicker(
+            tokenizer, grammar, tokenizer.eos_token_id, 0.0 if _reads_nothing(draft) else draft_tiebreak, coverage
+        )
         for grammar, draft in zip(grammars, drafts, strict=True)
     ]
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from brianft.constrain import DRAFT_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, request_grammars
+from brianft.constrain import COVERAGE_NATS, DRAFT_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, request_grammars
 from brianft.data.spans import SpanFinder
 from brianft.infer import _hf_generate, generate
 from brianft.normalize import Canonicalizer
@@ -235,6 +235,78 @@ def test_a_close_draft_decides_which_fields_and_intents_there_are_and_values(spa
     assert picker.pick([1, 2, 3, 4], [5, 6], scores, draft=6) == 6
     assert picker.pick([1, 2, 3, 4], [5, 2], scores, draft=2) == 5  # a draft that does not fit: the model's
     assert picker.overrides == []
+
+
+@pytest.mark.parametrize(
+    ("request_text", "output", "unused"),
+    [
+        ("swap 500 USDC for DAI and use it to repay spark", "swap; token1=USDC; token2=DAI; amount=500", ["spark"]),
+        (
+            "send 0.1 eth to a.eth and 50 usdc to carol.eth",
+            "transfer; token1=eth; amount=0.1; address=a.eth",
+            ["50", "carol.eth"],
+        ),
+        (
+            "Does 0xdbe3c19788d0d90751175430b3d234284f5abf90 hold any WBTC?",
+            "none",
+            ["0xdbe3c19788d0d90751175430b3d234284f5abf90"],
+        ),
+        # used: as part of a longer value, as amount_out, as a token, as a protocol named like an ENS name
+        ("i want to exchange 5 k ldo to WBTC on base", "swap; token1=ldo; token2=WBTC; amount=5 k; chain=base", []),
+        ("buy 1000 USDC with ETH", "swap; token1=ETH; token2=USDC; amount_out=1000", []),
+        ("stake 40 AAVE in Aave's safety module", "stake; token1=AAVE; amount=40", []),
+        ("with Ether.fi, start staking 36 avax", "stake; token1=avax; amount=36; protocol=Ether.fi", []),
+        ("rocket pool: unstake 2 rETH", "unstake; token1=rETH; amount=2; protocol=rocket pool", []),
+        # number words, tokens and chains are not counted
+        ("swap ten usdc for dai on base", "swap; token1=usdc; token2=dai", []),
+        # the slots format is read too
+        ("swap 500 USDC for DAI and use it to repay spark", "swap|USDC|DAI|500", ["spark"]),
+    ],
+)
+def test_unused_lists_amounts_addresses_and_protocols_no_intent_uses(spans, request_text, output, unused):
+    assert grammar(request_text, spans).unused(output) == unused
+
+
+class NewlineTokenizer(ScriptedTokenizer):
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [10]} if text == "\n" else super().__call__(text, add_special_tokens)
+
+
+def test_an_unused_value_keeps_a_close_end_from_closing_the_output(spans):
+    swap_eth = [1, 2, 3, 4, 5]  # "swap; token1=eth"
+    scores = torch.zeros(len(ScriptedTokenizer.WORDS))
+    scores[10] = -(COVERAGE_NATS - 0.1)
+    unused = ConstrainedPicker(
+        NewlineTokenizer(), grammar("swap eth for usdc and stake 5 eth on lido", spans), eos_id=0
+    )
+    assert unused.pick(swap_eth, [0, 10], scores) == 10  # "5" and "lido" unused, the end not much likelier: go on
+    scores[10] = -(COVERAGE_NATS + 0.1)
+    assert unused.pick(swap_eth, [0, 10], scores) == 0  # the model is sure enough: it ends
+    scores[10] = -(COVERAGE_NATS - 0.1)
+    covered = ConstrainedPicker(NewlineTokenizer(), grammar("swap eth for usdc", spans), eos_id=0)
+    assert covered.pick(swap_eth, [0, 10], scores) == 0  # nothing unused: the model's end
+    off = ConstrainedPicker(NewlineTokenizer(), unused.grammar, eos_id=0, coverage_nats=0)
+    assert off.pick(swap_eth, [0, 10], scores) == 0
+
+
+def test_a_draft_never_ends_the_output_while_a_request_value_is_unused(spans):
+    swap_eth = [1, 2, 3, 4, 5]
+    scores = torch.zeros(len(ScriptedTokenizer.WORDS))
+    scores[0] = -1.0  # the model goes on ("\n"); the draft, which missed the second step, would end
+    unused = ConstrainedPicker(
+        NewlineTokenizer(), grammar("swap eth for usdc and stake 5 eth on lido", spans), eos_id=0
+    )
+    assert unused.pick(swap_eth, [10, 0], scores, draft=0) == 10
+    covered = ConstrainedPicker(NewlineTokenizer(), grammar("swap eth for usdc", spans), eos_id=0)
+    assert covered.pick(swap_eth, [10, 0], scores, draft=0) == 0
+
+
+def test_model_alone_gets_no_coverage_nudge(spans):
+    from brianft.infer import _pickers
+
+    grammars = request_grammars(["wrap 1 eth"], spans)
+    assert [p.coverage_nats for p in _pickers(ScriptedTokenizer(), grammars, DRAFT_TIEBREAK_NATS)] == [COVERAGE_NATS]
+    assert [p.coverage_nats for p in _pickers(ScriptedTokenizer(), grammars, 0.0)] == [0.0]
 
 
 def test_picker_takes_the_best_valid_token_and_notes_the_override(spans):

@@ -154,6 +154,20 @@ def test_checksum_and_unknown_chain_warnings_pass_through(canonicalizer):
     assert any("unknown chain" in w for w in result.warnings)
 
 
+def test_a_request_value_no_intent_uses_is_flagged(canonicalizer):
+    extractor, _ = fake(canonicalizer, "transfer; token1=eth; amount=0.1; address=a.eth")
+    result = extractor.extract("send 0.1 eth to a.eth and 50 usdc to carol.eth")
+    assert result.intents == [{"action": "transfer", "token1": "ETH", "amount": "0.1", "address": "a.eth"}]
+    assert result.warnings == [
+        "the request names '50', 'carol.eth', which no intent uses; check that no step is missing"
+    ]
+    # every value used: no warning
+    extractor, _ = fake(
+        canonicalizer, "transfer; token1=eth; amount=0.1; address=a.eth\ntransfer; token1=usdc; amount=50"
+    )
+    assert extractor.extract("send 0.1 eth to a.eth and 50 usdc to a.eth").warnings == []
+
+
 def test_to_dict_shape():
     result = ExtractionResult(prompt="p", intents=[{"action": "wrap", "amount": "1"}], missing=[[]])
     assert result.to_dict() == {

@@ -92,7 +92,9 @@ class Extractor:
         self.source = source  # for people: where the weights came from
         self.base_model = base_model  # for machines (e.g. the server's /v1/info): the base and the adapter used
         self.adapter = adapter
-        self._spans = SpanFinder(self.canonicalizer)
+        # the backend's own, where it constrains decoding: its memo then serves decoding's checks too
+        backend_spans = getattr(backend, "spans", None)
+        self._spans = backend_spans if isinstance(backend_spans, SpanFinder) else SpanFinder(self.canonicalizer)
 
     # ----------------------------------------------------------------------- constructors
 

@@ -213,7 +213,9 @@ def test_write_report_without_intents(tmp_path) -> None:
     assert "No failures." in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.parametrize(("name", "size", "out_of_scope"), [("fresh", 120, 20), ("dev", 250, 25), ("dev2", 229, 27), ("dev3", 171, 20)])
+@pytest.mark.parametrize(
+    ("name", "size", "out_of_scope"), [("fresh", 120, 20), ("dev", 250, 25), ("dev2", 229, 27), ("dev3", 171, 20)]
+)
 def test_hand_written_evaluation_sets_are_canonical_and_cover_every_action(name, size, out_of_scope):
     """benchmarks/data/{fresh,dev,dev2,dev3}_requests.jsonl: requests labelled by sessions that saw only the
     schema (benchmarks/data/README.md). They must stay readable as canonical labelled data."""

@@ -161,6 +161,14 @@ def test_a_request_value_no_intent_uses_is_flagged(canonicalizer):
     assert result.warnings == [
         "the request names '50', 'carol.eth', which no intent uses; check that no step is missing"
     ]
+    # an empty answer moves nothing: no warning, though the question names values
+    extractor, _ = fake(canonicalizer, "none")
+    assert extractor.extract("should I stake 5 eth on rocket pool or lido?").warnings == []
+    # a name inside a longer unused one ("rocket" of "rocket pool") is not listed again
+    extractor, _ = fake(canonicalizer, "stake; token1=eth; amount=5; protocol=lido")
+    assert extractor.extract("stake 5 eth on lido, or rocket pool?").warnings == [
+        "the request names 'rocket pool', which no intent uses; check that no step is missing"
+    ]
     # every value used: no warning
     extractor, _ = fake(
         canonicalizer, "transfer; token1=eth; amount=0.1; address=a.eth\ntransfer; token1=usdc; amount=50"

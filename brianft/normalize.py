@@ -318,7 +318,8 @@ class Registry:
             tokens=tokens,
             chains=chains,
             protocols=protocols,
-            staking_protocols=frozenset(kinds.get("staking_protocols", ())),
+            # a protocol may be listed by any of its names ("rocket pool"): keep its slug
+            staking_protocols=frozenset(protocols.get(name, name) for name in kinds.get("staking_protocols", ())),
             wrapped_natives=dict(kinds.get("wrapped_natives", {})),
         )
 

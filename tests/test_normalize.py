@@ -908,13 +908,14 @@ def test_registry_facts_leave_other_actions_alone(raw):
 
 
 def test_registry_kinds_file_extends_and_replaces(tmp_path):
-    (tmp_path / "kinds.yaml").write_text("staking_protocols: [Gearbox]\nwrapped_natives: {hype: whype}\n")
+    (tmp_path / "kinds.yaml").write_text("staking_protocols: [Gearbox, Rocket Pool]\nwrapped_natives: {hype: whype}\n")
     canon = Canonicalizer(Registry.load([tmp_path]))
 
     def withdraw_from(protocol):
         return canon.intent({"action": "withdraw", "token1": "eth", "amount": "1", "protocol": protocol}).intent.action
 
     assert withdraw_from("gearbox") == "unstake"
+    assert withdraw_from("rocketpool") == "unstake"  # listed by another of its names
     assert withdraw_from("lido") == "withdraw"  # the list replaces the packaged one
     assert canon.intent({"action": "swap", "token1": "HYPE", "token2": "whype", "amount": "1"}).intent.action == "wrap"
 

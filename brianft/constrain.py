@@ -56,7 +56,6 @@ _SAME_VALUES = {"token2": "token1", "amount_out": "amount", "dest_chain": "chain
 # but never inside a hex address: the "0" of "0xd88e..." is no amount; an arrow is a word ("ETH→WETH").
 _PIECE = re.compile(r"(?!0[xX][0-9a-fA-F])\d[\d.,]*(?=[^\W\d_])|" + WORD.pattern)
 _SALIENT_FIELDS = ("amount", "address", "protocol")
-_SAME_KIND = {"amount_out": "amount"}
 # Words after which a name that is both a token and a chain ("eth", "matic") is the token.
 _TOKEN_CUES = frozenset({"my", "of", "for", "plain", "the", "some", "your", "our", "all", "more", "much"})
 
@@ -126,7 +125,8 @@ class OutputGrammar:
         intents = parse_output(text).intents
         written = [(name, str(value)) for intent in intents for name, value in intent.items() if name != "action"]
         texts = [value.lower() for _, value in written]
-        canonical = {(_SAME_KIND.get(name, name), self.values.get(name, {}).get(value)) for name, value in written}
+        # amount_out reads values as amount does (_SAME_VALUES): an amount used as either counts
+        canonical = {(_SAME_VALUES.get(name, name), self.values.get(name, {}).get(value)) for name, value in written}
         return [
             text
             for name, text, value in self.salient

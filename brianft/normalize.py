@@ -484,8 +484,8 @@ class Canonicalizer:
             settled = Action.UNWRAP if wrapped.get(token2) == token1 else settled
             if settled is not None:
                 # one-to-one: the amount given is the amount received
-                kept = {"token1": token1, "amount": values.get("amount") or values.get("amount_out")}
-                kept["chain"] = values.get("chain")
+                amount = values.get("amount") or values.get("amount_out")
+                kept = {"token1": token1, "amount": amount, "chain": values.get("chain")}
                 kept = {name: value for name, value in kept.items() if value is not None}
                 return settled, kept, f"swap of {token1} for {token2} read as {settled}"
         return action, values, None

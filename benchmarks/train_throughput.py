@@ -10,7 +10,7 @@ second, seconds per step (first step excluded: warm-up) and peak resident memory
                 supervised tokens), same LoRA, precision and attention kernel as naive
 - ours-default-sdpa: ours-default with PyTorch's fused attention kernel (`train.attention=sdpa`)
 - ours-default: our step with the default config (configs/default.yaml: its LoRA blocks, bf16
-                autocast, and `train.attention`: eager on a CPU)
+                autocast where this CPU computes bf16 natively, and `train.attention`: eager on a CPU)
 
     python benchmarks/train_throughput.py [--steps 12] [--batch-size 16] [--base smollm2-135m-instruct]
 """
@@ -58,7 +58,7 @@ def run_ours(base: str, steps: int, batch_size: int, default: bool, attention: s
     from transformers import get_scheduler
 
     from brianft.prompting import length_grouped_batches
-    from brianft.train import Distributed, optimizer_step
+    from brianft.train import Distributed, autocast_bf16, optimizer_step
 
     config, loaded, model, encoded = _setup(base, default, attention)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -71,7 +71,8 @@ def run_ours(base: str, steps: int, batch_size: int, default: bool, attention: s
         _, supervised = optimizer_step(
             model, optimizer, scheduler, [[encoded[i] for i in batches[step]]],
             pad_id=loaded.tokenizer.pad_token_id, is_seq2seq=loaded.is_seq2seq, device=torch.device("cpu"),
-            bf16=default and config.train.bf16, max_grad_norm=1.0, ranks=Distributed(),
+            bf16=default and autocast_bf16(config.train.bf16, torch.device("cpu")), max_grad_norm=1.0,
+            ranks=Distributed(),
         )  # fmt: skip
         times.append(time.perf_counter() - started)
         tokens.append(supervised)

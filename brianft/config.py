@@ -90,7 +90,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: the CPUs this process may use")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="bfloat16 autocast for the forward pass; auto: where the hardware computes bf16 natively"
+        " (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX), else float32",
+    )
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="attention kernel while training; auto: eager on a CPU, the model's own elsewhere"
     )

@@ -43,6 +43,16 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
     return None
 
 
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Without them torch
+    emulates it: a bf16 matrix product ran ~70x slower than float32 on an AVX2-only EPYC."""
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def cap_torch_threads() -> int:
     """Lower torch's intra-op threads to the CPUs this process may use (never raise them: a
     caller that set fewer on purpose keeps them). Returns the thread count."""

@@ -6,11 +6,11 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 
 from brianft.constrain import COVERAGE_NATS, DRAFT_TIEBREAK_NATS, ConstrainedPicker, OutputGrammar, grammar_processor
+from brianft.cpus import cpu_has_native_bf16
 from brianft.drafting import DraftVerifyDecoder, PrefixCache, Row
 from brianft.normalize import Canonicalizer
 from brianft.prompting import collate_for_generation, encode_prompt, encode_target
@@ -266,15 +266,7 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown inference dtype {name!r}: use auto, float32 or bfloat16")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 @contextmanager

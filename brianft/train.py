@@ -18,6 +18,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from brianft.config import Config, dump_config
-from brianft.cpus import available_cpus
+from brianft.cpus import available_cpus, cpu_has_native_bf16
 from brianft.data.dataset import build_splits
 from brianft.evaluate import score_predictions
 from brianft.infer import decode_generated, generate
@@ -89,6 +90,21 @@ def pick_device(name: str) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def autocast_bf16(setting: bool | str, device: torch.device) -> bool:
+    """Whether to train under bfloat16 autocast. `auto` only where bf16 is native: emulated bf16
+    on a CPU without AVX512-BF16 or AMX is far slower than float32 (a matrix product ~70x)."""
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    if setting == "auto":
+        return native
+    if setting and not native:
+        warnings.warn(
+            f"train.bf16=true on a {device.type} without native bfloat16: it is emulated and can be many times"
+            " slower than float32; set train.bf16=auto (or false)",
+            stacklevel=2,
+        )
+    return bool(setting)
 
 
 def prepare_run_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -286,6 +302,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
     if ranks.world > 1:
         dist.barrier()
     torch.set_num_threads(tc.threads or max(1, available_cpus() // ranks.world))
+    bf16 = autocast_bf16(tc.bf16, device)
+    if ranks.is_main:
+        print(f"training on {device} in {'bfloat16 autocast' if bf16 else 'float32'}", file=sys.stderr)
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
 
@@ -331,7 +350,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
         items = [[encoded[i] for i in batch] for batch in micro_batches]
         loss_total, step_tokens = optimizer_step(
             model, optimizer, scheduler, items, pad_id=tokenizer.pad_token_id, is_seq2seq=is_seq2seq,
-            device=device, bf16=tc.bf16, max_grad_norm=tc.max_grad_norm, ranks=ranks,
+            device=device, bf16=bf16, max_grad_norm=tc.max_grad_norm, ranks=ranks,
         )  # fmt: skip
         state.step += 1
         tokens_seen += step_tokens

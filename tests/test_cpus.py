@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from brianft.cpus import available_cpus, cap_torch_threads, cgroup_cpu_quota
+from brianft.cpus import available_cpus, cap_torch_threads, cgroup_cpu_quota, cpu_has_native_bf16
 
 
 def write(root, name, text):
@@ -51,3 +51,22 @@ def test_torch_threads_are_lowered_never_raised():
         assert cap_torch_threads() == 1  # a caller's lower setting stays
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu avx avx2 fma", False),  # AVX2-only: bf16 is emulated
+        ("avx512f avx512bw avx512_bf16", True),
+        ("avx512f amx_bf16 amx_tile", True),
+        ("avx512f avx512bw", False),  # AVX-512 without its bf16 extension
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16(cpuinfo) is native
+
+
+def test_unreadable_cpuinfo_means_no_native_bf16(tmp_path):
+    assert cpu_has_native_bf16(tmp_path / "missing") is False

@@ -244,6 +244,31 @@ def test_training_attention_is_eager_on_a_cpu_unless_configured(tiny_llama_dir):
         load_config(None, ["train.attention=flash"])
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_follows_native_support_and_a_forced_emulated_bf16_warns(monkeypatch, native):
+    """`auto` trains in bf16 only where the CPU computes it natively; emulated bf16 (an AVX2-only
+    CPU) is many times slower than float32, so forcing it is honoured with a warning."""
+    import warnings
+
+    import brianft.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert train_module.autocast_bf16("auto", cpu) is native
+    assert train_module.autocast_bf16(False, cpu) is False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_module.autocast_bf16(True, cpu) is True
+    assert [str(w.message) for w in caught if "emulated" in str(w.message)] == ([] if native else [
+        "train.bf16=true on a cpu without native bfloat16: it is emulated and can be many times slower than"
+        " float32; set train.bf16=auto (or false)"
+    ])  # fmt: skip
+    assert load_config(None, []).train.bf16 == "auto"
+    assert load_config(None, ["train.bf16=false"]).train.bf16 is False
+    with pytest.raises(ConfigError, match="bf16"):
+        load_config(None, ["train.bf16=sometimes"])
+
+
 def test_neftune_noise_is_bounded_and_only_while_training(tiny_llama_dir):
     """NEFTune perturbs the input embeddings by at most alpha / sqrt(length x width) in training
     mode; generation (eval mode) sees the clean embeddings; training with it still learns."""

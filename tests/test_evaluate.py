@@ -214,10 +214,11 @@ def test_write_report_without_intents(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "size", "out_of_scope"), [("fresh", 120, 20), ("dev", 250, 25), ("dev2", 229, 27), ("dev3", 171, 20)]
+    ("name", "size", "out_of_scope"),
+    [("fresh", 120, 20), ("dev", 250, 25), ("dev2", 229, 27), ("dev3", 171, 20), ("dev4", 197, 25)],
 )
 def test_hand_written_evaluation_sets_are_canonical_and_cover_every_action(name, size, out_of_scope):
-    """benchmarks/data/{fresh,dev,dev2,dev3}_requests.jsonl: requests labelled by sessions that saw only the
+    """benchmarks/data/{fresh,dev,dev2,dev3,dev4}_requests.jsonl: requests labelled by sessions that saw only the
     schema (benchmarks/data/README.md). They must stay readable as canonical labelled data."""
     from pathlib import Path
 
@@ -243,7 +244,7 @@ def test_hand_labelled_training_requests_leave_the_evaluation_sets_out_of_sample
     written = {normalized_prompt(e.prompt) for e in load_curated(canonicalizer, "written")}
     curated = {normalized_prompt(e.prompt) for e in load_curated(canonicalizer, "curated")}
     evaluation_sets = []
-    for name in ("fresh", "dev", "dev2", "dev3"):
+    for name in ("fresh", "dev", "dev2", "dev3", "dev4"):
         path = Path(__file__).parent.parent / "benchmarks" / "data" / f"{name}_requests.jsonl"
         prompts = {normalized_prompt(e.prompt) for e in read_examples(path, canonicalizer)}
         assert not written & prompts
@@ -251,8 +252,9 @@ def test_hand_labelled_training_requests_leave_the_evaluation_sets_out_of_sample
     # dev2 was also kept apart from the curated requests and the other two sets (fresh and dev
     # share a few short requests with the curated set, such as "swap 1 eth for usdc").
     assert not evaluation_sets[2] & (curated | evaluation_sets[0] | evaluation_sets[1])
-    # dev3 too, and from dev2
-    assert not evaluation_sets[3] & (curated | evaluation_sets[0] | evaluation_sets[1] | evaluation_sets[2])
+    # dev3 and dev4 too, and from every set before them
+    for later in (3, 4):
+        assert not evaluation_sets[later] & (curated | set().union(*evaluation_sets[:later]))
 
 
 def test_failures_table_escapes_cells_and_shows_the_error_or_the_intents() -> None:

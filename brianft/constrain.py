@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from brianft.data.spans import WORD, SpanFinder, WordRun, word_runs, word_spans
@@ -58,6 +58,13 @@ _PIECE = re.compile(r"(?!0[xX][0-9a-fA-F])\d[\d.,]*(?=[^\W\d_])|" + WORD.pattern
 _SALIENT_FIELDS = ("amount", "address", "protocol")
 # Words after which a name that is both a token and a chain ("eth", "matic") is the token.
 _TOKEN_CUES = frozenset({"my", "of", "for", "plain", "the", "some", "your", "our", "all", "more", "much"})
+# Words that ask for the same intent more than once ("25 DAI to mike.eth x2 (two separate txs)").
+# Without one, an output repeats no intent line: a repeated line was a decoding loop (the same
+# bridge to base over and over for "bridge 0.2 eth to base and 0.2 eth to optimism").
+_REPEAT_CUE = re.compile(
+    r"\b(?:x\s*\d+|\d+\s*x|twice|thrice|again|repeat\w*|(?:\d+|two|three|four|five|several|multiple)\s+times)\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,14 @@ class OutputGrammar:
     # (field, text, canonical) of each amount written in digits, address and protocol the request
     # names: an output that uses none of one has probably left an intent out
     salient: tuple[tuple[str, str, str], ...] = ()
+    repeats: bool = True  # whether an intent line may occur twice (the request asks for a repeat)
+    _new_line_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def for_request(cls, request: str, spans: SpanFinder, fmt: TargetFormat = "fields") -> OutputGrammar:
         from brianft.rules import NOT_TOKEN_WORDS  # here: the rules module imports the decoder
 
-        cuts = _amount_word_cuts(request, spans)
+        cuts = _word_cuts(request, spans)
         candidates = [c for c in _value_candidates(request) if c.start not in cuts and c.end not in cuts]
         names = _known_names(candidates, spans)
         values: dict[str, dict[str, str]] = {}
@@ -116,7 +125,7 @@ class OutputGrammar:
             if (name != "amount" or any(c.isdigit() for c in text))
             and (name != "address" or spans.known_canonical("protocol", text) is None)  # "ether.fi" is a protocol
         )
-        return cls(values, fmt, salient)
+        return cls(values, fmt, salient, repeats=bool(_REPEAT_CUE.search(request)))
 
     def unused(self, text: str) -> list[str]:
         """The salient values of the request (amounts in digits, addresses, protocols) that output
@@ -156,7 +165,39 @@ class OutputGrammar:
         *done, last = text.split("\n")
         if any(self._line(line) is not True for line in done):
             return None
-        return False if last == "" else self._line(last)
+        earlier = frozenset(line.strip().lower() for line in done) if not self.repeats else frozenset()
+        if len(earlier) < len(done) and not self.repeats:
+            return None
+        if last == "":
+            return False
+        status = self._line(last)
+        if status is None or not earlier:
+            return status
+        if not self._leads_to_new_line(last, earlier):
+            return None
+        return False if status is True and last.strip().lower() in earlier else status
+
+    def _leads_to_new_line(self, line: str, earlier: frozenset[str]) -> bool:
+        """Whether the valid line prefix `line` can still end as a line unlike every `earlier` one
+        (lower case): checked character by character only while it copies the start of one, so
+        that decoding never enters a line that could only end as a repeat."""
+        key = (line, earlier)
+        if key not in self._new_line_memo:
+            low = line.strip().lower()
+            copying = any(other.startswith(low) for other in earlier)
+            if not copying or (self._line(line) is True and low not in earlier):
+                leads = True  # no longer a copy, or already a whole new line
+            else:
+                leads = any(
+                    self._line(line + char) is not None and self._leads_to_new_line(line + char, earlier)
+                    for char in self._line_characters
+                )
+            self._new_line_memo[key] = leads
+        return self._new_line_memo[key]
+
+    @cached_property
+    def _line_characters(self) -> frozenset[str]:
+        return frozenset(char for phrase in self.phrases() for char in phrase if char != "\n")
 
     def _line(self, line: str) -> bool | None:
         if self.fmt == "slots":
@@ -222,7 +263,11 @@ class OutputGrammar:
 
     def _options(self, name: str, written: dict[str, str]) -> Collection[str]:
         """The values `name` may take after the fields `written` (canonical values): a swap's
-        token2 is not its token1 ("sell 0.01 wbtc" has no token2)."""
+        token2 is not its token1 ("sell 0.01 wbtc" has no token2), and a swap fixes what goes in
+        or what comes out, never both (no label has amount and amount_out; the model wrote
+        "2M PEPE → 0x..." as a swap with amount = amount_out = 2M)."""
+        if name == "amount_out" and "amount" in written:
+            return ()
         allowed = self.values[name]
         taken = written.get("token1") if name == "token2" else None
         if taken is None:
@@ -247,13 +292,17 @@ def _value_candidates(request: str) -> list[WordRun]:
     return out
 
 
-def _amount_word_cuts(request: str, spans: SpanFinder) -> set[int]:
+def _word_cuts(request: str, spans: SpanFinder) -> set[int]:
     """Where a number meets the letters glued to it inside a word that is itself an amount
-    ("15|k"): no value starts or ends there. ("49|ether" is no amount: "49" is a value.)"""
+    ("15|k") or a name the registry lists ("1|inch"): no value starts or ends there. ("49|ether"
+    is neither: "49" is a value.)"""
     cuts: set[int] = set()
     for start, end in word_spans(request):
         inner = [i for i in range(start + 1, end) if request[i - 1].isdigit() and request[i].isalpha()]
-        if inner and spans.canonical("amount", request[start:end]) is not None:
+        word = request[start:end]
+        if inner and (
+            spans.canonical("amount", word) is not None or spans.is_registry_name(word) or spans.is_known_token(word)
+        ):
             cuts.update(inner)
     return cuts
 
@@ -304,6 +353,12 @@ class ConstrainedPicker:
                 if self._fits(text, generated, token):
                     self._note(text, candidates[0])
                     return token
+        if not self.grammar.repeats:
+            # every way on repeats an earlier intent line (the grammar looks ahead for that, but
+            # assumes every valid start of a value can be finished): allow the repeat rather than
+            # decode unchecked
+            self.grammar = replace(self.grammar, repeats=True)
+            return self.pick(generated, candidates, scores, draft)
         self.gave_up = True
         self.overrides.append(f"after {text.strip()[-40:]!r} no valid continuation was found; the output is unchecked")
         return candidates[0]

@@ -100,6 +100,12 @@ def test_valid_outputs_are_allowed(spans, request_text, output):
             "the 0 of an address as amount",
         ),
         ("swap 15k usdc for eth", "swap; token1=usdc; token2=eth; amount=15", "part of an amount"),
+        ("approve 1inch for my dai", "approve; token1=dai; amount=1; protocol=1inch", "part of a protocol name"),
+        (
+            "bridge 0.2 eth to base and 0.2 eth to optimism",
+            "bridge; token1=eth; amount=0.2; dest_chain=base\nbridge; token1=eth; amount=0.2; dest_chain=base",
+            "an intent repeated that the request does not repeat",
+        ),
         ("send 1 eth to bob.eth", "none\ntransfer; token1=eth", "none with intents"),
         ("send 1 eth to bob.eth", "teleport; token1=eth", "an unknown action"),
     ],
@@ -156,6 +162,9 @@ def test_values_are_copied_exactly_and_whole(spans):
         # a swap's token2 is not its token1
         ("sell 0.01 wbtc", "swap; token1=wbtc; token2=wbtc"),
         ("sell 0.01 wbtc", "swap; token1=wbtc; t"),
+        # a swap fixes the amount in or the amount out, not both (here the same span twice)
+        ("2M PEPE → 0xa571cC915C27eDC318e1ecEf8650d3C01403e488", "swap; token1=PEPE; amount=2M; amount_out="),
+        ("swap 2 eth for 5000 usdc", "swap; token1=eth; token2=usdc; amount=2; amount_out="),
         # a name that is a token and a chain, right after "on", is the chain; "holdings" is no ticker
         ("pls what are my holdings on avalanche", "balance; token1=avalanche"),
         ("pls what are my holdings on avalanche", "balance; token1=holdings"),
@@ -168,8 +177,22 @@ def test_values_that_cannot_be_what_the_field_holds_are_refused(spans, request_t
 
 
 def test_refusals_leave_the_right_reading(spans):
+    assert grammar("approve 1inch for my dai", spans).allows_end("approve; token1=dai; protocol=1inch")
+    assert grammar("swap 1 eth for 1inch", spans).allows_end("swap; token1=eth; token2=1inch; amount=1")
+    repeat = "transfer; token1=DAI; amount=25; address=mike.eth"
+    assert grammar("25 DAI to mike.eth x2 (two separate txs pls)", spans).allows_end(f"{repeat}\n{repeat}")
+    # a line that starts like an earlier one may still become another ("bnb" -> "bnb chain")
+    bridges = grammar("bridge 0.2 eth to base and 0.2 eth to optimism", spans)
+    first = "bridge; token1=eth; amount=0.2; dest_chain=base"
+    assert bridges.allows_end(f"{first}\nbridge; token1=eth; amount=0.2; dest_chain=optimism")
+    assert not bridges.allows_prefix(f"{first}\nbridge; token1=eth; amount=0.2; dest_chain=ba")  # can only repeat
+    wrap = grammar("on bnb chain I have some BNB, wrap 3 of them", spans)
+    assert wrap.allows_end("wrap; amount=3; chain=bnb\nwrap; amount=3; chain=bnb chain")
+    assert not wrap.allows_end("wrap; amount=3; chain=bnb\nwrap; amount=3; chain=bnb")
+    assert grammar("check my balance and my usdc balance", spans).allows_end("balance\nbalance; token1=usdc")
     assert grammar("stake 5 on rocket pool", spans).allows_end("stake; amount=5; protocol=rocket pool")
     assert grammar("swap 1 weth for eth", spans).allows_end("swap; token1=weth; token2=eth; amount=1")
+    assert grammar("buy 5000 usdc with eth", spans).allows_end("swap; token1=eth; token2=usdc; amount_out=5000")
     assert grammar("on eth, stake 2 eth", spans).allows_end("stake; token1=eth; amount=2; chain=eth")
     assert grammar("pls what are my holdings on avalanche", spans).allows_end("balance; chain=avalanche")
 
@@ -434,3 +457,16 @@ def test_grammar_never_raises(request_text, output):
         allowed = OutputGrammar.for_request(request_text, SPANS, fmt)
         assert allowed.allows_prefix("") and allowed.allows_end("none")
         assert allowed.allows_end(output) <= allowed.allows_prefix(output)
+
+
+def test_a_repeat_that_cannot_be_avoided_is_allowed_rather_than_decoding_unchecked(spans):
+    """Where an output has reached a line that can only end as a repeat ("wrap; token1=" after
+    "wrap; token1=usdc" for "wrap usdc"; the grammar refuses such a start, but a caller may hand
+    any text), the picker lets the repeat through, still under the grammar, instead of giving up."""
+    picker = ConstrainedPicker(ScriptedTokenizer(), grammar("wrap usdc", spans), eos_id=0)
+    assert not picker.grammar.repeats
+    assert not picker.grammar.allows_prefix("wrap; token1=usdc\nwrap; token1=")
+    so_far = [11, 2, 3, 4, 6, 10, 11, 2, 3, 4]  # "wrap; token1=usdc\nwrap; token1="
+    assert picker.pick(so_far, [6], torch.zeros(len(ScriptedTokenizer.WORDS))) == 6
+    assert picker.grammar.repeats and not picker.gave_up
+    assert picker.grammar.allows_end("wrap; token1=usdc\nwrap; token1=usdc")

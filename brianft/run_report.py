@@ -81,7 +81,8 @@ Extracts wallet intents (schema {SCHEMA_VERSION}) from natural-language requests
 
 - base model: `{metrics["base_model"]}`
 - LoRA: r={config.model.lora.r}, alpha={config.model.lora.alpha}, targets={metrics["lora_targets"]}
-- trained: {metrics["steps"]} steps in {metrics["train_seconds"]:.0f} s, {metrics["train_examples"]} rows
+- trained: {metrics["steps"]} steps in {metrics["train_seconds"]:.0f} s ({metrics["precision"]}), \
+{metrics["train_examples"]} rows
 - brianft {__version__}
 
 | split | exact match | action accuracy | format validity |
@@ -114,6 +115,7 @@ def finish_run(
     state,
     train_seconds: float,
     supervised_tokens: int,
+    precision: str,
     evaluate: Callable,
 ) -> dict:
     """Load the best adapter, evaluate on test, and write every artefact of the run."""
@@ -138,6 +140,7 @@ def finish_run(
         "best_step": state.best_step,
         "train_examples": len(splits.train),
         "train_seconds": round(train_seconds, 2),
+        "precision": precision,  # train.bf16 as resolved on this hardware
         "supervised_tokens": supervised_tokens,
         "supervised_tokens_per_second": round(supervised_tokens / max(train_seconds, 1e-9), 2),
         "final_loss": state.history[-1]["loss"] if state.history and "loss" in state.history[-1] else None,
@@ -202,7 +205,8 @@ def render_summary(metrics: dict, run_dir: Path, console, *, wall_seconds: float
     console.print(table)
     console.print(
         f"{metrics['steps']} steps on {metrics['train_examples']} examples in {metrics['train_seconds']:.0f} s"
-        f" ({metrics['supervised_tokens_per_second']:.0f} supervised tokens/s); whole job {wall_seconds:.0f} s"
+        f" ({metrics['precision']}, {metrics['supervised_tokens_per_second']:.0f} supervised tokens/s);"
+        f" whole job {wall_seconds:.0f} s"
     )
     for demo in metrics.get("demo", []):
         console.print(f"[bold]{demo['prompt']}[/bold]")

@@ -392,6 +392,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
             state=state,
             train_seconds=train_seconds,
             supervised_tokens=tokens_seen,
+            precision="bfloat16 autocast" if bf16 else "float32",
             evaluate=lambda examples: evaluate_examples(model, tokenizer, examples, canonicalizer, config, is_seq2seq),
         )
         writer.close()

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from brianft.config import ConfigError, load_config
-from brianft.train import RunDirError, train
+from brianft.train import RunDirError, autocast_bf16, train
 
 
 def tiny_config(base_dir, output_dir, *overrides):
@@ -56,6 +56,8 @@ def test_tiny_models_train_end_to_end(fixture, request, tmp_path):
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "tensorboard").is_dir()
     assert metrics["steps"] == 40 and "test" in metrics and metrics["test"]["examples"] > 0
+    bf16 = autocast_bf16(tiny_config(base, run_dir).train.bf16, torch.device("cpu"))
+    assert metrics["precision"] == ("bfloat16 autocast" if bf16 else "float32")
 
 
 def test_finished_run_is_never_overwritten(tiny_llama_dir, tmp_path):

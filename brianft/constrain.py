@@ -165,9 +165,11 @@ class OutputGrammar:
         *done, last = text.split("\n")
         if any(self._line(line) is not True for line in done):
             return None
-        earlier = frozenset(line.strip().lower() for line in done) if not self.repeats else frozenset()
-        if len(earlier) < len(done) and not self.repeats:
-            return None
+        earlier: frozenset[str] = frozenset()  # the lines so far, where none may be written again
+        if not self.repeats and done:
+            earlier = frozenset(line.strip().lower() for line in done)
+            if len(earlier) < len(done):
+                return None
         if last == "":
             return False
         status = self._line(last)

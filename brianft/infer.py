@@ -264,9 +264,15 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16
     if name != "auto":
         raise ValueError(f"unknown inference dtype {name!r}: use auto, float32 or bfloat16")
+    return torch.bfloat16 if native_bf16(device) else torch.float32
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, a CPU with
+    AVX512-BF16 or AMX. Elsewhere torch emulates it, many times slower than float32."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
 
 
 @contextmanager

@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from brianft.config import Config, dump_config
-from brianft.cpus import available_cpus, cpu_has_native_bf16
+from brianft.cpus import available_cpus
 from brianft.data.dataset import build_splits
 from brianft.evaluate import score_predictions
-from brianft.infer import decode_generated, generate
+from brianft.infer import decode_generated, generate, native_bf16
 from brianft.model import apply_lora, backbone_and_head, load_base_model
 from brianft.normalize import Canonicalizer, Registry
 from brianft.prompting import (
@@ -95,7 +95,7 @@ def pick_device(name: str) -> torch.device:
 def autocast_bf16(setting: bool | str, device: torch.device) -> bool:
     """Whether to train under bfloat16 autocast. `auto` only where bf16 is native: emulated bf16
     on a CPU without AVX512-BF16 or AMX is far slower than float32 (a matrix product ~70x)."""
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    native = native_bf16(device)
     if setting == "auto":
         return native
     if setting and not native:
@@ -303,8 +303,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
         dist.barrier()
     torch.set_num_threads(tc.threads or max(1, available_cpus() // ranks.world))
     bf16 = autocast_bf16(tc.bf16, device)
+    precision = "bfloat16 autocast" if bf16 else "float32"
     if ranks.is_main:
-        print(f"training on {device} in {'bfloat16 autocast' if bf16 else 'float32'}", file=sys.stderr)
+        print(f"training on {device} in {precision}", file=sys.stderr)
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
 
@@ -392,7 +393,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
             state=state,
             train_seconds=train_seconds,
             supervised_tokens=tokens_seen,
-            precision="bfloat16 autocast" if bf16 else "float32",
+            precision=precision,
             evaluate=lambda examples: evaluate_examples(model, tokenizer, examples, canonicalizer, config, is_seq2seq),
         )
         writer.close()

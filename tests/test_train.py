@@ -254,7 +254,7 @@ def test_bf16_auto_follows_native_support_and_a_forced_emulated_bf16_warns(monke
 
     import brianft.train as train_module
 
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("brianft.infer.cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert train_module.autocast_bf16("auto", cpu) is native
     assert train_module.autocast_bf16(False, cpu) is False

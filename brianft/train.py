@@ -237,6 +237,16 @@ def step_batches(lengths: list[int], config: Config, step: int, ranks: Distribut
     return out
 
 
+def validation_sample(examples: list[Example], k: int, seed: int) -> list[Example]:
+    """The validation requests scored while training: a seeded sample of the whole split, kept in
+    split order. The split is stored by source (curated first), so its first k requests were all
+    curated ones and the best-checkpoint choice never saw a hand-written request."""
+    if k >= len(examples):
+        return list(examples)
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), k))
+    return [examples[i] for i in chosen]
+
+
 def evaluate_examples(
     model, tokenizer, examples: list[Example], canonicalizer, config: Config, is_seq2seq: bool, *, model_alone=False
 ):
@@ -342,7 +352,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> d
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(output_dir / "tensorboard"))
-    validation = splits.validation[: tc.eval_examples]
+    validation = validation_sample(splits.validation, tc.eval_examples, tc.seed)
     model.train()
     progress = tqdm(total=steps, initial=state.step, desc="training", disable=not ranks.is_main, dynamic_ncols=True)
     started, tokens_seen = time.perf_counter(), 0

@@ -368,3 +368,19 @@ def test_an_output_cut_at_the_token_limit_scores_as_a_failure(monkeypatch):
         scores, predictions = train.evaluate_examples(None, None, [example], Canonicalizer.default(), Config(), False)
         assert scores["exact_match"] == expected
         assert (predictions[0].error is not None) == cut
+
+
+def test_validation_sample_spans_the_whole_split_in_split_order():
+    """The split is stored by source; scoring its first k requests while training chose the
+    checkpoint on curated requests alone. The sample is seeded, ordered as the split, and mixed."""
+    from brianft.train import validation_sample
+
+    split = [("curated", i) for i in range(80)] + [("written", i) for i in range(250)]
+    sample = validation_sample(split, 64, seed=0)
+    assert len(sample) == 64 == len(set(sample))
+    assert sample == sorted(sample, key=split.index)
+    assert sample == validation_sample(split, 64, seed=0)
+    assert sample != validation_sample(split, 64, seed=1)
+    written = sum(source == "written" for source, _ in sample)
+    assert 32 <= written <= 62  # 250 of 330 are written: about 48 expected, not 0
+    assert validation_sample(split[:10], 64, seed=0) == split[:10]

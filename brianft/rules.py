@@ -72,6 +72,8 @@ _VERBS: dict[str, str] = {
         for verb in ("pay", "give", "take", "set", "settle", "use", "make", "start", "stop", "open", "ape", "spend")
     },
     **dict.fromkeys(("raise", "increase"), "raise"),
+    "return": "return",  # a repayment, or a transfer to an address: see _classify
+    "earn": "earn",  # "earn interest on 2 weth in compound", "earn staking yield on 10 eth via lido"
 }
 # Long, distinctive verbs also match at any one edit ("widthdraw", "brige", "trasnfer").
 _LONG_VERBS = (
@@ -93,7 +95,7 @@ _WEAK_VERBS = frozenset(
         "drop", "turn", "change", "add", "let", "take", "get", "grab", "give", "pay", "set", "move", "put",
         "use", "make", "settle", "pull", "remove", "shoot", "forward", "gift", "cash", "port", "flip", "dump",
         "allow", "grant", "provide", "offload", "refund", "fire", "push", "bring", "clear", "release", "exit",
-        "unlock", "open", "start", "stop", "spend", "raise", "increase",
+        "unlock", "open", "start", "stop", "spend", "raise", "increase", "return", "earn",
     }
 )  # fmt: skip
 # After a verb, these make it a noun: "swap is cheaper on uniswap?", "bridge fees are high", "sell or hold?"
@@ -121,7 +123,7 @@ _CUES = {
     "on": "on", "in": "on", "at": "on", "inside": "on",
     "to": "to", "into": "to", "onto": "to", "->": "to", "→": "to", "towards": "to", "toward": "to",
     "from": "from", "off": "from", "for": "for", "of": "of", "against": "against", "as": "as",
-    "with": "with", "using": "with", "via": "with", "through": "with", "thru": "with", "by": "with",
+    "with": "with", "w/": "with", "using": "with", "via": "with", "through": "with", "thru": "with", "by": "with",
 }  # fmt: skip
 # Words skipped between a preposition and what it introduces ("to my yearn vault", "over to base").
 _FILLERS = frozenset({"the", "my", "your", "our", "some", "me", "over", "back", "out", "exactly", "just", "any"})
@@ -145,7 +147,7 @@ _NOT_TOKENS = frozenset(
         "too", "very", "amount", "everything", "entire", "whole", "full", "lent", "mine", "paying", "receive",
         "arrival", "spender", "mainnet", "chain", "network", "l1", "l2", "base", "all", "max", "payment", "pay",
         "staking", "list", "number", "existence", "minted", "should", "credit", "plain", "form", "version", "work",
-        "buying", "wrapped", "unwrapped", "count", "across",
+        "buying", "wrapped", "unwrapped", "count", "across", "interest", "yield", "native", "normal", "regular",
     }
 )  # fmt: skip
 
@@ -162,6 +164,8 @@ _BALANCE_WORDS = ("balance", "balances", "bal", "holdings")
 _APPROVAL_WORDS = frozenset({"approval", "permission", "allowance", "approve"})
 # "give aave unlimited approval for my usdt": after these verbs the spender comes first.
 _SPENDER_FIRST_VERBS = frozenset({"give", "let", "allow", "grant", "authorize", "authorise"})
+# "get 9 weth back to plain eth": the native coin, named without its ticker.
+_PLAIN_WORDS = frozenset({"plain", "native", "normal", "regular", "real", "unwrapped"})
 _RECEIVE_WORDS = frozenset({"receive", "get", "want"})  # "bridge usdc to base and receive eth"
 _PAY_WORDS = frozenset({"pay", "paying", "using", "with"})  # "buy 100 ena and pay with tbtc"
 
@@ -229,6 +233,12 @@ def _slip(word: str, target: str) -> bool:
             return False
         return word[diff[0]] == target[diff[1]] and word[diff[1]] == target[diff[0]]
     return False
+
+
+def _skeleton(word: str) -> str:
+    """A word without its vowels after the first letter, doubled letters once: 'borrow' -> 'brw'."""
+    kept = word[:1] + "".join(c for c in word[1:] if c not in "aeiou")
+    return "".join(c for i, c in enumerate(kept) if i == 0 or c != kept[i - 1])
 
 
 def _like(word: str, target: str) -> bool:
@@ -357,6 +367,8 @@ class RulesExtractor:
         registry = self.canonicalizer.registry
         self._protocol_slugs = registry.protocol_slugs
         self._token_names = frozenset(registry.tokens)
+        tickers = {*registry.tokens.values(), *registry.wrapped_natives.values()}
+        self._token_words = self._token_names | {ticker.lower() for ticker in tickers}
         # Chain slugs that are not token names ("arbitrum", but not "avalanche"): such a word is a
         # token only right after an amount.
         self._chain_only = frozenset(s for s in registry.chain_slugs if len(s) >= 5 and s not in registry.tokens)
@@ -594,6 +606,8 @@ class RulesExtractor:
         if not word.isalpha():
             return None
         classes = {cls for verb, cls in _VERBS.items() if _slip(word, verb)}
+        if len(word) >= 3 and _skeleton(word) == word:  # vowels left out: "brw", "stk", "lnd"
+            classes |= {cls for verb, cls in _VERBS.items() if _skeleton(verb) == word}
         if len(word) >= 5:
             classes |= {_VERBS[v] for v in _LONG_VERBS if DamerauLevenshtein.distance(word, v) == 1}
         return classes.pop() if len(classes) == 1 else None
@@ -759,8 +773,8 @@ class RulesExtractor:
         for candidate in (cleaned, stripped):
             if candidate in chains:
                 return chains[candidate]
-        if not fuzzy or len(cleaned) < 4:
-            return None
+        if not fuzzy or len(cleaned) < 4 or cleaned in self._token_words:
+            return None  # a token's name is no misspelt chain: 'wmatic' is not 'matic'
         slug = _safe(self.canonicalizer.chain, raw)
         return slug if slug is not None and self.canonicalizer.is_known_chain(slug) else None
 
@@ -782,7 +796,33 @@ class RulesExtractor:
         fields = _token_and_amount(clause, skip_cues=("against", "as"))
         _put(fields, "chain", clause.first("chain"))
         _put(fields, "protocol", clause.first("protocol"))
+        if action in (Action.DEPOSIT, Action.WITHDRAW) and (wrapping := self._wrapping(clause, action, fields)):
+            return _Step(*wrapping, reading)
         return _Step(action, fields, reading)
+
+    def _wrapping(
+        self, clause: _Clause, action: Action, fields: dict[str, str]
+    ) -> tuple[Action, dict[str, str]] | None:
+        """A deposit of a native coin into its own wrapped token is a wrap, and a withdrawal from it
+        an unwrap, when no lending protocol is named: 'deposit 2 eth into the weth contract', 'pull
+        2 eth back out of the weth contract', 'get 9 weth back to plain eth', 'take 5 wbnb back to bnb'."""
+        named = [m for m in clause.mentions if m.kind in ("token", "protocol")]
+        if any(m.kind == "protocol" and self._is_protocol(m.raw, 1) for m in named):
+            return None  # "withdraw 2 weth from aave"
+        native_of = {wrapped: native for native, wrapped in self.canonicalizer.registry.wrapped_natives.items()}
+        wrapped = next((m for m in named if self._token(m.raw) in native_of), None)
+        if wrapped is None:
+            return None
+        native = next((m for m in named if self._token(m.raw) == native_of[self._token(wrapped.raw)]), None)
+        if action is Action.DEPOSIT and native is None:
+            return None
+        if native is None and not any(w.low in _PLAIN_WORDS for w in clause.words):
+            return None  # "withdraw 2 weth": from where is not said, so not read as an unwrap
+        kept: dict[str, str] = {"token1": (wrapped if action is Action.WITHDRAW else native).raw}
+        for name in ("amount", "chain"):
+            if name in fields:
+                kept[name] = fields[name]
+        return (Action.UNWRAP if action is Action.WITHDRAW else Action.WRAP), kept
 
     def _read(self, request: str, clause: _Clause, action: Action) -> _Step:
         clause = self._scan(request, clause, "read")
@@ -875,8 +915,15 @@ class RulesExtractor:
 
 
 def _repeats(step: _Step, steps: list[_Step]) -> bool:
-    """'supply 5 eth to venus and lend it out': the same action again, with nothing of its own."""
-    return bool(steps) and step.action is not None and step.action is steps[-1].action and not step.fields
+    """'supply 5 eth to venus and lend it out', 'earn yield on 2k usdc, put it in aave': the same
+    action again, with nothing of its own but where, which the previous step takes when it lacks it."""
+    if not steps or step.action is None or step.action is not steps[-1].action:
+        return False
+    previous = steps[-1].fields
+    if set(step.fields) - {"chain", "protocol"} or any(previous.get(k, v) != v for k, v in step.fields.items()):
+        return False
+    previous.update(step.fields)
+    return True
 
 
 def _noun_use(words: list[_Word], after_verb: int) -> bool:
@@ -963,6 +1010,11 @@ def _classify(verb: str, words: list[_Word], start: int) -> tuple[str, Action | 
         return "lending", Action.WITHDRAW, start
     if verb == "get":
         return _classify_get(words, start, lows)
+    if verb == "return":  # "return the 3 eth i borrowed from compound", but "return 5 dai to alex.eth"
+        return ("send", None, start) if any(_names_address(w.low) for w in words) else ("lending", Action.REPAY, start)
+    if verb == "earn":  # "earn interest on 2 weth in compound", "earn validator yield on 4 eth via ether.fi"
+        staking = lows & {"staking", "staked", "validator", "restaking"}
+        return ("stake", Action.STAKE, start) if staking else ("lending", Action.DEPOSIT, start)
     if verb in ("start", "stop"):  # "start staking 5 eth", "i want to stop staking: exit 5 steth"
         staking = following in ("staking", "stake")
         return ("stake", Action.STAKE if verb == "start" else Action.UNSTAKE, start + 1) if staking else None
@@ -1009,7 +1061,14 @@ def _classify_get(words: list[_Word], start: int, lows: set[str]) -> tuple[str, 
         return "lending", Action.WITHDRAW, start  # "get my 10 link back out of aave"
     if "from" in lows and lows & {"to", "into", "onto"}:
         return "bridge", Action.BRIDGE, start  # "get 0.1 eth from base over to arbitrum"
+    if "over" in lows and lows & {"to", "onto"}:
+        return "send", None, start  # "get half the gho over to mantle", "get 3 weth over to bob.eth"
     return "buy", Action.SWAP, start
+
+
+def _names_address(low: str) -> bool:
+    """Whether a word looks like a 0x address or an ENS name (a cheap test, before reading values)."""
+    return bool(_HEX_ADDRESS.match(low)) or ("." in low and low.rsplit(".", 1)[-1] in _ENS_TLDS)
 
 
 def _wrap_form(lows: set[str], participle: bool = False) -> Action | None:

@@ -157,6 +157,29 @@ CASES: list[tuple[str, list[dict[str, str]]]] = [
         "aave needs a bigger allowance, raise it to 500 usdc",
         [_i("approve", token1="USDC", amount="500", protocol="aave")],
     ),
+    # a lending verb on a native coin and its own wrapped token, no lending protocol: a (un)wrap
+    ("redeem 3 wbnb for plain bnb", [_i("unwrap", token1="WBNB", amount="3")]),
+    ("get 1.5 weth back to native eth on base", [_i("unwrap", token1="WETH", amount="1.5", chain="base")]),
+    ("pull 4 matic back out of the wmatic contract", [_i("unwrap", token1="WMATIC", amount="4")]),
+    ("deposit 0.7 eth into the weth contract", [_i("wrap", token1="ETH", amount="0.7")]),
+    ("withdraw 6 weth from spark", [_i("withdraw", token1="WETH", amount="6", protocol="spark")]),
+    ("withdraw 6 weth", [_i("withdraw", token1="WETH", amount="6")]),
+    # "return" repays a loan, or pays a person back; "earn" deposits, or stakes
+    ("return the 40 dai i borrowed from aave", [_i("repay", token1="DAI", amount="40", protocol="aave")]),
+    ("return 40 dai to bob.eth", [_i("transfer", token1="DAI", amount="40", address="bob.eth")]),
+    ("earn interest on 900 usdc with compound", [_i("deposit", token1="USDC", amount="900", protocol="compound")]),
+    ("earn staking yield on 3 eth with lido", [_i("stake", token1="ETH", amount="3", protocol="lido")]),
+    (
+        "i want to earn yield on 50 dai, put it in spark on base",
+        [_i("deposit", token1="DAI", amount="50", chain="base", protocol="spark")],
+    ),
+    # "get ... over to" moves tokens: to a chain a bridge, to an address a transfer
+    ("get 20 usdc over to scroll", [_i("bridge", token1="USDC", amount="20", dest_chain="scroll")]),
+    ("get 20 usdc over to bob.eth", [_i("transfer", token1="USDC", amount="20", address="bob.eth")]),
+    # verbs written without vowels, and "w/"
+    ("brw 70 dai w/ aave", [_i("borrow", token1="DAI", amount="70", protocol="aave")]),
+    ("stk 2 eth on lido", [_i("stake", token1="ETH", amount="2", protocol="lido")]),
+    ("rpy 5 usdc on spark", [_i("repay", token1="USDC", amount="5", protocol="spark")]),
     # out of scope: questions and chat, even with action words or tokens in them
     ("what is the price of eth today?", []),
     ("how do i bridge to base?", []),

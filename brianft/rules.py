@@ -72,6 +72,9 @@ _VERBS: dict[str, str] = {
         for verb in ("pay", "give", "take", "set", "settle", "use", "make", "start", "stop", "open", "ape", "spend")
     },
     **dict.fromkeys(("raise", "increase"), "raise"),
+    **dict.fromkeys(("reduce", "shrink", "decrease", "lower", "service"), "reduce"),  # "reduce my aave loan by 5 dai"
+    "fund": "deposit",  # "fund my aave position with 0.4 weth"
+    "delegate": "stake",  # "delegate 1,000 grt"
     "return": "return",  # a repayment, or a transfer to an address: see _classify
     "earn": "earn",  # "earn interest on 2 weth in compound", "earn staking yield on 10 eth via lido"
 }
@@ -96,6 +99,7 @@ _WEAK_VERBS = frozenset(
         "use", "make", "settle", "pull", "remove", "shoot", "forward", "gift", "cash", "port", "flip", "dump",
         "allow", "grant", "provide", "offload", "refund", "fire", "push", "bring", "clear", "release", "exit",
         "unlock", "open", "start", "stop", "spend", "raise", "increase", "return", "earn",
+        "reduce", "shrink", "decrease", "lower", "service", "fund", "delegate",
     }
 )  # fmt: skip
 # After a verb, these make it a noun: "swap is cheaper on uniswap?", "bridge fees are high", "sell or hold?"
@@ -148,6 +152,8 @@ _NOT_TOKENS = frozenset(
         "arrival", "spender", "mainnet", "chain", "network", "l1", "l2", "base", "all", "max", "payment", "pay",
         "staking", "list", "number", "existence", "minted", "should", "credit", "plain", "form", "version", "work",
         "buying", "wrapped", "unwrapped", "count", "across", "interest", "yield", "native", "normal", "regular",
+        "today", "tomorrow", "tonight", "yesterday", "week", "weeks", "weekend", "month", "months", "year", "years",
+        "day", "days", "morning", "later", "soon",
     }
 )  # fmt: skip
 
@@ -166,6 +172,8 @@ _APPROVAL_WORDS = frozenset({"approval", "permission", "allowance", "approve"})
 _SPENDER_FIRST_VERBS = frozenset({"give", "let", "allow", "grant", "authorize", "authorise"})
 # "get 9 weth back to plain eth": the native coin, named without its ticker.
 _PLAIN_WORDS = frozenset({"plain", "native", "normal", "regular", "real", "unwrapped"})
+_WHERE_FIELDS = frozenset({"chain", "protocol"})
+_DEBT_WORDS = frozenset({"loan", "loans", "debt", "debts", "borrowing", "borrowed"})
 _RECEIVE_WORDS = frozenset({"receive", "get", "want"})  # "bridge usdc to base and receive eth"
 _PAY_WORDS = frozenset({"pay", "paying", "using", "with"})  # "buy 100 ena and pay with tbtc"
 
@@ -555,8 +563,8 @@ class RulesExtractor:
             family, action = "lending", Action.BORROW
         elif wanted in ("plain", "weth", "wrapped") and (source := _after_source_cue(words, start)) > start:
             family, action, start = "wrap", Action.UNWRAP if wanted == "plain" else Action.WRAP, source
-        elif "back" in rest and "from" in rest:
-            family, action = "lending", Action.WITHDRAW
+        elif ("back" in rest and "from" in rest) or _taken_out_of(words[start:]):
+            family, action = "lending", Action.WITHDRAW  # "i want 5 usdc back from aave", "... 4 eth out of my weth"
         elif verb := next((_PARTICIPLES[w.low] for w in words[start:] if w.low in _PARTICIPLES), None):
             reading = _classify(verb, words, start)
             if reading is None:
@@ -915,15 +923,24 @@ class RulesExtractor:
 
 
 def _repeats(step: _Step, steps: list[_Step]) -> bool:
-    """'supply 5 eth to venus and lend it out', 'earn yield on 2k usdc, put it in aave': the same
-    action again, with nothing of its own but where, which the previous step takes when it lacks it."""
+    """'supply 5 eth to venus and lend it out', 'earn yield on 2k usdc, put it in aave', 'reduce my
+    debt on arbitrum: repay 1k usdc there': the same action twice, one of them saying no more than
+    where. The previous step takes what the two say (and `step` is dropped)."""
     if not steps or step.action is None or step.action is not steps[-1].action:
         return False
     previous = steps[-1].fields
-    if set(step.fields) - {"chain", "protocol"} or any(previous.get(k, v) != v for k, v in step.fields.items()):
+    where_only = not set(step.fields) - _WHERE_FIELDS or not set(previous) - _WHERE_FIELDS
+    if not where_only or any(previous.get(k, v) != v for k, v in step.fields.items()):
         return False
     previous.update(step.fields)
     return True
+
+
+def _taken_out_of(words: list[_Word]) -> bool:
+    """'4 eth out of my weth', 'my usdc out of compound': a thing taken out of a place, not 'be out
+    of debt' or 'try out a few apps'."""
+    lows = [w.low for w in words]
+    return any(lows[i : i + 2] == ["out", "of"] and lows[i - 1] not in _NOT_TOKENS for i in range(1, len(lows)))
 
 
 def _noun_use(words: list[_Word], after_verb: int) -> bool:
@@ -982,6 +999,8 @@ def _classify(verb: str, words: list[_Word], start: int) -> tuple[str, Action | 
     following = rest[0] if rest else ""
     if verb == "make" and following in ("weth", "wrapped"):  # "make weth out of 1 eth"
         return "wrap", Action.WRAP, _after_source_cue(words, start)
+    if verb == "make" and "into" in lows:  # "make 100 of my matic into wmatic"
+        return "swap", Action.SWAP, start
     if verb == "make":  # "make a swap: ...", "make a payment of 8 dai to sam.eth"
         noun = next((cls for name, cls in _VERB_NOUNS.items() if _like(following, name)), None)
         at = next(i for i in range(start, len(words)) if words[i].low == following) if noun else 0
@@ -1025,7 +1044,11 @@ def _classify(verb: str, words: list[_Word], start: int) -> tuple[str, Action | 
     if verb == "spend":  # "spend 1000 pepe buying tbtc"
         return ("buy_using", Action.SWAP, start) if "buying" in lows else None
     if verb == "raise":  # "... needs a bigger allowance, raise it to 1k uni": see _read_clause
+        if lows & _DEBT_WORDS:
+            return "lending", Action.BORROW, start  # "increase my aave loan by 0.25 weth"
         return ("approve", Action.APPROVE, start) if "allowance" in lows else None
+    if verb == "reduce":  # "reduce my dai debt on aave by 3k", "service my debt: 400 usdt on lendle"
+        return ("lending", Action.REPAY, start) if lows & _DEBT_WORDS else None
     if verb == "convert" and (form := _wrap_form(lows)):
         return "wrap", form, start  # "turn 2 weth back into its unwrapped form"
     if verb == "deposit" and words[start - 1].low == "put" and "work" in lows:

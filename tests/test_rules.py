@@ -176,6 +176,19 @@ CASES: list[tuple[str, list[dict[str, str]]]] = [
     # "get ... over to" moves tokens: to a chain a bridge, to an address a transfer
     ("get 20 usdc over to scroll", [_i("bridge", token1="USDC", amount="20", dest_chain="scroll")]),
     ("get 20 usdc over to bob.eth", [_i("transfer", token1="USDC", amount="20", address="bob.eth")]),
+    # a loan made bigger or smaller; "fund", "delegate", "make ... into", "i want ... out of"
+    ("increase my spark loan by 30 dai", [_i("borrow", token1="DAI", amount="30", protocol="spark")]),
+    ("shrink my usdc debt on aave by 75", [_i("repay", token1="USDC", amount="75", protocol="aave")]),
+    ("fund my compound position with 2 weth", [_i("deposit", token1="WETH", amount="2", protocol="compound")]),
+    ("delegate 500 grt", [_i("stake", token1="GRT", amount="500")]),
+    ("make 3 avax into wavax", [_i("wrap", token1="AVAX", amount="3")]),
+    ("i want 2 eth out of my weth", [_i("unwrap", token1="WETH", amount="2")]),
+    ("i want 40 dai out of spark", [_i("withdraw", token1="DAI", amount="40", protocol="spark")]),
+    ("i want to try out a new wallet", []),
+    (
+        "i want to lower my debt on base this week, repay 10 usdc there",
+        [_i("repay", token1="USDC", amount="10", chain="base")],
+    ),
     # verbs written without vowels, and "w/"
     ("brw 70 dai w/ aave", [_i("borrow", token1="DAI", amount="70", protocol="aave")]),
     ("stk 2 eth on lido", [_i("stake", token1="ETH", amount="2", protocol="lido")]),

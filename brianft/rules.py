@@ -376,6 +376,7 @@ class RulesExtractor:
         self._protocol_slugs = registry.protocol_slugs
         self._token_names = frozenset(registry.tokens)
         tickers = {*registry.tokens.values(), *registry.wrapped_natives.values()}
+        self._native_of = {wrapped: native for native, wrapped in registry.wrapped_natives.items()}
         self._token_words = self._token_names | {ticker.lower() for ticker in tickers}
         # Chain slugs that are not token names ("arbitrum", but not "avalanche"): such a word is a
         # token only right after an amount.
@@ -760,10 +761,8 @@ class RulesExtractor:
         )
 
     def _is_address(self, raw: str) -> bool:
-        if _HEX_ADDRESS.match(raw):
-            return True
-        if "." in raw and raw.rsplit(".", 1)[-1].lower() in _ENS_TLDS:
-            return _safe(canonical_address, raw) is not None
+        if _names_address(raw.lower()):  # a 0x address, or an ENS name that canonicalises
+            return bool(_HEX_ADDRESS.match(raw)) or _safe(canonical_address, raw) is not None
         # base58 (Solana) addresses: long, and mixing digits with both cases, unlike any word
         return bool(_BASE58.match(raw)) and any(c.isdigit() for c in raw) and raw.lower() != raw != raw.upper()
 
@@ -817,11 +816,10 @@ class RulesExtractor:
         named = [m for m in clause.mentions if m.kind in ("token", "protocol")]
         if any(m.kind == "protocol" and self._is_protocol(m.raw, 1) for m in named):
             return None  # "withdraw 2 weth from aave"
-        native_of = {wrapped: native for native, wrapped in self.canonicalizer.registry.wrapped_natives.items()}
-        wrapped = next((m for m in named if self._token(m.raw) in native_of), None)
+        wrapped = next((m for m in named if self._token(m.raw) in self._native_of), None)
         if wrapped is None:
             return None
-        native = next((m for m in named if self._token(m.raw) == native_of[self._token(wrapped.raw)]), None)
+        native = next((m for m in named if self._token(m.raw) == self._native_of[self._token(wrapped.raw)]), None)
         if action is Action.DEPOSIT and native is None:
             return None
         if native is None and not any(w.low in _PLAIN_WORDS for w in clause.words):
@@ -1090,7 +1088,8 @@ def _classify_get(words: list[_Word], start: int, lows: set[str]) -> tuple[str, 
 
 
 def _names_address(low: str) -> bool:
-    """Whether a word looks like a 0x address or an ENS name (a cheap test, before reading values)."""
+    """Whether a word has the shape of a 0x address or an ENS name (RulesExtractor._is_address also
+    checks that the name canonicalises)."""
     return bool(_HEX_ADDRESS.match(low)) or ("." in low and low.rsplit(".", 1)[-1] in _ENS_TLDS)
 
 
